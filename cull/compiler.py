@@ -1,0 +1,235 @@
+"""Compile rules against a vocabulary into the tables the processor reads at every decode step.
+
+For a state s (a trie node), token t completes a phrase in one of two ways (docs/automaton.md):
+  (a) t contains a whole match: this depends only on the class state before t, so it is one
+      token list per class ("always" lists), found by range queries on t's sorted suffixes;
+  (b) t starts with the rest of a phrase whose beginning is a suffix of the text, i.e. a node m on
+      s's failure chain: every token whose key starts with that rest is one range of the sorted
+      vocabulary, stored on m. At run time a state walks its chain of nodes that have ranges.
+"""
+from __future__ import annotations
+
+import math
+import time
+
+import numpy as np
+
+from .automaton import Automaton
+from .normalize import BOUNDARY, BYTE_CLASS, CONT, OTHER, SPACE, WORD, class_after_symbols
+from .patterns import compile_patterns
+from .rules import PhraseSet
+from .token_keys import CLASSES, TokenKeys, prefix_ranges, suffix_table
+
+DEFAULT_MAX_SYMBOLS = 12_000_000
+_B = bytes([BOUNDARY])
+SUFFIX_WIDTH = 24  # longer patterns are checked against the few long tokens directly
+
+
+def _node_classes(A: Automaton) -> np.ndarray:
+    cls = np.full(len(A), -1, dtype=np.int8)
+    for i in range(1, len(A)):
+        s = A.nodes[i]
+        parent = A.ids[s[:-1]]
+        c = OTHER if parent == 0 else int(cls[parent])
+        cls[i] = class_after_symbols(s[-1:], c)
+    return cls
+
+
+def _chain_ranges(A, K, patterns, node_cls):
+    """Case (b): (node, lo, hi, delta) with lo/hi positions in the node's class order."""
+    nodes, queries_lo, queries_hi, deltas, classes = [], [], [], [], []
+    max_key = K.max_key
+    for p, d in patterns.items():
+        ends_b = p[-1] == BOUNDARY
+        for i in range(max(1, len(p) - max_key - 2), len(p)):
+            if p[i - 1] == BOUNDARY:
+                continue  # a state never rests right after a boundary symbol
+            rest = p[i:]
+            if rest[0] == BOUNDARY:
+                rest = rest[1:]
+            if ends_b:
+                x = rest[:-1]
+                if not x:
+                    continue  # only the boundary is left: that match ended in earlier text
+                queries_lo.append(x)
+                queries_hi.append(rest)
+            else:
+                queries_lo.append(rest)
+                queries_hi.append(rest)
+            m = A.ids[p[:i]]
+            nodes.append(m)
+            deltas.append(d)
+            classes.append(node_cls[m])
+    nodes = np.asarray(nodes, dtype=np.int32)
+    deltas = np.asarray(deltas, dtype=np.float64)
+    classes = np.asarray(classes, dtype=np.int8)
+    lo = np.zeros(len(nodes), np.int64)
+    hi = np.zeros(len(nodes), np.int64)
+    for c in CLASSES:
+        sel = np.flatnonzero(classes == c)
+        if not len(sel):
+            continue
+        l1, _ = prefix_ranges(K.sorted_keys[c], [queries_lo[j] for j in sel], max_key)
+        _, h2 = prefix_ranges(K.sorted_keys[c], [queries_hi[j] for j in sel], max_key)
+        lo[sel], hi[sel] = l1, h2
+    keep = hi > lo
+    return nodes[keep], lo[keep], hi[keep], deltas[keep], classes[keep]
+
+
+def _merge_ranges(nodes, lo, hi, deltas):
+    """Per node: sorted, disjoint ranges; where ranges overlap the stronger (smaller) delta wins."""
+    order = np.lexsort((lo, nodes))
+    nodes, lo, hi, deltas = nodes[order], lo[order], hi[order], deltas[order]
+    out_n, out_lo, out_hi, out_d = [], [], [], []
+    i, n = 0, len(nodes)
+    while i < n:
+        j = i
+        while j < n and nodes[j] == nodes[i]:
+            j += 1
+        pieces = _merge_one(lo[i:j].tolist(), hi[i:j].tolist(), deltas[i:j].tolist())
+        for a, b, d in pieces:
+            out_n.append(nodes[i]); out_lo.append(a); out_hi.append(b); out_d.append(d)
+        i = j
+    return (np.asarray(out_n, np.int32), np.asarray(out_lo, np.int64), np.asarray(out_hi, np.int64),
+            np.asarray(out_d, np.float64))
+
+
+def _merge_one(lo, hi, d):
+    if len(lo) == 1:
+        return [(lo[0], hi[0], d[0])]
+    if all(x == -math.inf for x in d):  # bans only: a plain union
+        out = []
+        for a, b in zip(lo, hi):
+            if out and a <= out[-1][1]:
+                out[-1][1] = max(out[-1][1], b)
+            else:
+                out.append([a, b])
+        return [(a, b, -math.inf) for a, b in out]
+    cuts = sorted(set(lo) | set(hi))
+    out = []
+    for a, b in zip(cuts, cuts[1:]):
+        best = min((dd for l, h, dd in zip(lo, hi, d) if l <= a and b <= h), default=None)
+        if best is None:
+            continue
+        if out and out[-1][1] == a and out[-1][2] == best:
+            out[-1][1] = b
+        else:
+            out.append([a, b, best])
+    return [tuple(x) for x in out]
+
+
+def _always(K: TokenKeys, patterns, n_tokens):
+    """Case (a): per class, the strongest delta of any whole match inside each token."""
+    best = np.full((3, n_tokens), np.inf)
+    if not patterns:
+        return best
+    strings = K.class_strings()
+    maxpat = max(len(p) for p in patterns)
+    width = min(maxpat + 1, SUFFIX_WIDTH)
+    suf, toks, masks, lens = suffix_table(strings, width)
+    short = [(p, d) for p, d in patterns.items() if len(p) < width]
+    qlo = [p[:-1] if p[-1] == BOUNDARY else p for p, _ in short]
+    _, hi = prefix_ranges(suf, [p for p, _ in short], width)
+    lo, _ = prefix_ranges(suf, qlo, width)
+    counts = np.maximum(hi - lo, 0)
+    if counts.sum():
+        idx = np.repeat(lo - np.cumsum(counts) + counts, counts) + np.arange(counts.sum())
+        d = np.repeat(np.asarray([d for _, d in short]), counts)
+        for c in CLASSES:
+            sel = (masks[idx] >> c) & 1 == 1
+            np.minimum.at(best[c], toks[idx[sel]], d[sel])
+    long_pats = [(p, d) for p, d in patterns.items() if len(p) >= width]
+    if long_pats:
+        long_strings = [s for s in strings if len(s[0]) >= width]
+        for s, t, mfirst, mrest in long_strings:
+            for p, d in long_pats:
+                body = p[:-1] if p[-1] == BOUNDARY else p
+                for start in _occurrences(s, body):
+                    after = s[start + len(body): start + len(body) + 1]
+                    if p[-1] == BOUNDARY and after not in (b"", _B):
+                        continue
+                    mask = mfirst if start == 0 else mrest
+                    for c in CLASSES:
+                        if (mask >> c) & 1:
+                            best[c, t] = min(best[c, t], d)
+    return best
+
+
+def _occurrences(s: bytes, sub: bytes):
+    i = s.find(sub)
+    while i != -1:
+        if BYTE_CLASS[s[i]] != CONT or s[i] == BOUNDARY:
+            yield i
+        i = s.find(sub, i + 1)
+
+
+def build_tables(rules: PhraseSet, token_bytes, special_ids=(), keys: TokenKeys | None = None,
+                 max_symbols: int = DEFAULT_MAX_SYMBOLS, progress=None) -> dict:
+    """Compile everything into plain numpy arrays (the on-disk and on-device format)."""
+    timings = {}
+    say = progress or (lambda msg: None)
+    t0 = time.perf_counter()
+    say("normalising phrases")
+    patterns = compile_patterns(rules, max_symbols)
+    timings["patterns_s"] = time.perf_counter() - t0
+    say(f"building the automaton over {len(patterns):,} patterns")
+    A = Automaton(patterns)
+    node_cls = _node_classes(A)
+    timings["automaton_s"] = time.perf_counter() - t0
+    if keys is None:
+        say(f"sorting {len(token_bytes):,} token keys")
+        keys = TokenKeys(token_bytes, rules.options.ignore_case)
+    timings["token_keys_s"] = time.perf_counter() - t0
+    say("finding chain ranges")
+    nodes, lo, hi, deltas, classes = _chain_ranges(A, keys, patterns, node_cls)
+    offsets = np.cumsum([0] + [len(keys.order[c]) for c in CLASSES])
+    lo = lo + offsets[classes]
+    hi = hi + offsets[classes]
+    nodes, lo, hi, deltas = _merge_ranges(nodes, lo, hi, deltas)
+    timings["ranges_s"] = time.perf_counter() - t0
+    say("finding tokens that hold whole phrases")
+    best = _always(keys, patterns, len(token_bytes))
+    for t in special_ids:
+        if t < best.shape[1]:
+            best[:, t] = np.inf
+    timings["always_s"] = time.perf_counter() - t0
+    n = len(A)
+    rng_ptr = np.zeros(n + 1, dtype=np.int64)
+    np.add.at(rng_ptr, nodes.astype(np.int64) + 1, 1)
+    rng_ptr = np.cumsum(rng_ptr)
+    has = rng_ptr[1:] > rng_ptr[:-1]
+    out_next = np.full(n, -1, dtype=np.int32)
+    fail = np.asarray(A.fail, dtype=np.int32)
+    for i in range(1, n):  # breadth-first: fail[i] is done before i
+        f = fail[i]
+        out_next[i] = f if has[f] else out_next[f]
+    alw_tok, alw_delta, alw_ptr = [], [], [0]
+    for c in CLASSES:
+        t = np.flatnonzero(np.isfinite(best[c]) | (best[c] == -np.inf))
+        alw_tok.append(t.astype(np.int32))
+        alw_delta.append(best[c, t].astype(np.float32))
+        alw_ptr.append(alw_ptr[-1] + len(t))
+    goto_key = np.fromiter(A.goto.keys(), dtype=np.int64, count=len(A.goto))
+    goto_val = np.fromiter(A.goto.values(), dtype=np.int32, count=len(A.goto))
+    timings["total_s"] = time.perf_counter() - t0
+    return {
+        "perm": np.concatenate(keys.order).astype(np.int32),
+        "perm_off": offsets.astype(np.int64),
+        "rng_ptr": rng_ptr,
+        "rng_lo": lo.astype(np.int32),
+        "rng_hi": hi.astype(np.int32),
+        "rng_delta": deltas.astype(np.float32),
+        "has_rng": has,
+        "out_next": out_next,
+        "alw_ptr": np.asarray(alw_ptr, dtype=np.int64),
+        "alw_tok": np.concatenate(alw_tok),
+        "alw_delta": np.concatenate(alw_delta),
+        "fail": fail,
+        "node_cls": node_cls,
+        "node_out": A.out.astype(np.float32),
+        "goto_key": goto_key,
+        "goto_val": goto_val,
+        "n_patterns": np.int64(len(patterns)),
+        "depth": np.int64(A.depth),
+        "timings": timings,
+    }

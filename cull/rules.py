@@ -1,0 +1,212 @@
+"""Rules: phrases (or regexes) with an action, and the PhraseSet that holds them."""
+from __future__ import annotations
+
+import math
+import re
+from dataclasses import dataclass, field
+from typing import Iterable, Sequence
+
+from .errors import RuleError
+from .normalize import WORD, char_class
+
+BAN = "ban"
+BIAS = "bias"
+MAX_PHRASE_CHARS = 256
+_ASCII_WS_RUN = re.compile(r"[ \t\n\r\x0b\x0c]+")
+
+
+@dataclass(frozen=True)
+class Rule:
+    """One phrase with its action. `delta` is -inf for a ban, else the logit delta added."""
+
+    phrase: str
+    action: str = BAN
+    delta: float = -math.inf
+    leading_wildcard: bool = False
+    trailing_wildcard: bool = False
+    regex: str | None = None
+    source: str = ""
+
+    @property
+    def text(self) -> str:
+        """The rule as a user would write it (wildcards and prefix included)."""
+        if self.regex is not None:
+            return "re:" + self.regex
+        return ("*" if self.leading_wildcard else "") + self.phrase + ("*" if self.trailing_wildcard else "")
+
+
+@dataclass(frozen=True)
+class Options:
+    """How phrases and text are compared (brief section 2). All default to the documented semantics."""
+
+    whole_words: bool = True
+    ignore_case: bool = True
+    fold_quotes: bool = True
+
+    def key(self) -> str:
+        return f"w{int(self.whole_words)}c{int(self.ignore_case)}q{int(self.fold_quotes)}"
+
+
+def _where(source: str) -> str:
+    return f" ({source})" if source else ""
+
+
+def make_rule(
+    item: str,
+    action: str = BAN,
+    delta: float | None = None,
+    *,
+    source: str = "",
+    allow_symbols: bool = False,
+    max_chars: int = MAX_PHRASE_CHARS,
+) -> Rule:
+    """Parse one phrase (`*` wildcards at the ends, `re:` prefix for a regex) into a validated Rule."""
+    if not isinstance(item, str):
+        raise RuleError(f"a rule must be a string, got {type(item).__name__} {item!r}{_where(source)}")
+    if action not in (BAN, BIAS):
+        raise RuleError(f"unknown action {action!r}{_where(source)}; use 'ban' or 'bias'")
+    if action == BAN:
+        delta = -math.inf
+    else:
+        if delta is None or not isinstance(delta, (int, float)) or math.isnan(delta):
+            raise RuleError(f"a bias rule needs a numeric delta, got {delta!r}{_where(source)}")
+        delta = float(delta)
+        if delta == math.inf:
+            raise RuleError(f"a bias delta cannot be +inf{_where(source)}; use a finite number")
+    if item.startswith("re:"):
+        return _regex_rule(item[3:], action, delta, source)
+    phrase = " ".join(_ASCII_WS_RUN.split(item)).strip()  # a whitespace run counts as one space
+    lead = phrase.startswith("*")
+    trail = len(phrase) > 1 and phrase.endswith("*")
+    core = phrase[1 if lead else 0 : len(phrase) - (1 if trail else 0)].strip()
+    if not core:
+        raise RuleError(
+            f"empty phrase {item!r}{_where(source)}: a rule needs at least one character besides "
+            "whitespace and '*'; delete the line"
+        )
+    if "*" in core:
+        raise RuleError(
+            f"phrase {item!r}{_where(source)} has a '*' inside it; '*' is a wildcard only at either "
+            "end (e.g. 'delv*'). For patterns use a regex rule: 're:...'"
+        )
+    if len(core) > max_chars:
+        raise RuleError(
+            f"phrase of {len(core)} characters{_where(source)} is longer than the limit of {max_chars}: "
+            f"{core[:40]!r}...; shorten it or raise max_phrase_chars"
+        )
+    if not allow_symbols and not any(char_class(c) == WORD for c in core):
+        raise RuleError(
+            f"phrase {item!r}{_where(source)} has no letter or digit; a phrase of only punctuation "
+            "is usually a mistake. To ban symbols such as '—' on purpose, pass allow_symbols=True "
+            "(CLI: --allow-symbols)"
+        )
+    return Rule(core, action, delta, lead, trail, None, source)
+
+
+def _regex_rule(pattern: str, action: str, delta: float, source: str) -> Rule:
+    from .errors import require
+
+    regex = require("regex", "hf")
+    if not pattern:
+        raise RuleError(f"empty regex{_where(source)}: write a pattern after 're:'")
+    try:
+        regex.compile(pattern)
+    except regex.error as exc:
+        raise RuleError(f"invalid regex {pattern!r}{_where(source)}: {exc}") from None
+    return Rule(pattern, action, delta, False, False, pattern, source)
+
+
+def multiplier_to_delta(m, source: str = "") -> float:
+    """Antislop's probability multiplier m becomes the logit delta ln(m)."""
+    if isinstance(m, bool) or not isinstance(m, (int, float)) or math.isnan(m):
+        raise RuleError(f"multiplier must be a number in (0, 1], got {m!r}{_where(source)}")
+    if not 0 < m <= 1:
+        raise RuleError(
+            f"multiplier {m!r}{_where(source)} is out of range: it must be in (0, 1] "
+            "(it scales the phrase's probability; 0.5 halves it). Use action 'ban' to forbid a phrase"
+        )
+    return math.log(m)
+
+
+@dataclass(frozen=True)
+class PhraseSet:
+    """An immutable set of rules plus the options that say how they match.
+
+    >>> rules = PhraseSet(["delve", "I hope this letter finds you well"])        # hard bans
+    >>> soft = PhraseSet(["tapestry"], action="bias", bias=-4.0)
+    >>> [r.text for r in rules]
+    ['delve', 'I hope this letter finds you well']
+    """
+
+    rules: tuple[Rule, ...]
+    options: Options = field(default_factory=Options)
+
+    def __init__(
+        self,
+        items: Iterable[str | Rule] = (),
+        action: str = BAN,
+        bias: float | None = None,
+        *,
+        whole_words: bool = True,
+        ignore_case: bool = True,
+        fold_quotes: bool = True,
+        allow_symbols: bool = False,
+        max_phrase_chars: int = MAX_PHRASE_CHARS,
+    ):
+        if isinstance(items, (str, bytes)):
+            raise RuleError("PhraseSet takes a list of phrases, got a single string; wrap it: [phrase]")
+        rules = []
+        for i, item in enumerate(items):
+            if isinstance(item, Rule):
+                rules.append(item)
+            else:
+                rules.append(make_rule(item, action, bias, source=f"item {i}",
+                                       allow_symbols=allow_symbols, max_chars=max_phrase_chars))
+        if not whole_words:
+            rules = [
+                r if r.regex else Rule(r.phrase, r.action, r.delta, True, True, None, r.source)
+                for r in rules
+            ]
+        object.__setattr__(self, "rules", tuple(rules))
+        object.__setattr__(self, "options", Options(whole_words, ignore_case, fold_quotes))
+
+    @classmethod
+    def load(cls, path, action: str | None = None, bias: float | None = None, **options) -> "PhraseSet":
+        """Read .txt, .json (strings, objects or antislop [phrase, multiplier] pairs) or .yaml.
+
+        `action` overrides the actions in the file (e.g. action="ban" turns antislop multipliers
+        into hard bans)."""
+        from .rule_files import read_rule_file
+
+        return cls(read_rule_file(path, action, bias, options.get("allow_symbols", False)), **options)
+
+    def __len__(self) -> int:
+        return len(self.rules)
+
+    def __iter__(self):
+        return iter(self.rules)
+
+    @property
+    def phrase_rules(self) -> tuple[Rule, ...]:
+        return tuple(r for r in self.rules if r.regex is None)
+
+    @property
+    def regex_rules(self) -> tuple[Rule, ...]:
+        return tuple(r for r in self.rules if r.regex is not None)
+
+    def fingerprint(self) -> str:
+        """Stable hash of the normalised rules and options (a compile-cache key)."""
+        import hashlib
+
+        h = hashlib.sha256(self.options.key().encode())
+        for r in sorted(self.rules, key=lambda r: (r.text, r.delta)):
+            h.update(f"\0{r.text}\0{r.delta!r}".encode("utf-8", "surrogatepass"))
+        return h.hexdigest()
+
+
+def as_phrase_set(rules: "PhraseSet | Sequence[str]") -> PhraseSet:
+    if isinstance(rules, PhraseSet):
+        return rules
+    if isinstance(rules, (list, tuple)):
+        return PhraseSet(rules)
+    raise RuleError(f"expected a cull.PhraseSet or a list of phrases, got {type(rules).__name__}")
