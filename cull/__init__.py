@@ -15,3 +15,9 @@ __all__ = [
     "BAN", "BIAS", "CullError", "Match", "MissingExtraError", "Options", "PhraseSet", "Rule",
     "RuleError", "find", "__version__",
 ]
+
+from .compile_rules import compile_rules  # noqa: E402
+from .compiled import CompiledMatcher  # noqa: E402
+from .processor import CullLogitsProcessor, token_sequence_processor  # noqa: E402
+
+__all__ += ["CompiledMatcher", "CullLogitsProcessor", "compile_rules", "token_sequence_processor"]

@@ -143,9 +143,10 @@ def vocab_from_tokenizer(tokenizer, vocab_size: int | None = None) -> TokenVocab
     special.update(_known_special_ids(tokenizer, backend, n))
     if spm_controls:  # SentencePiece control pieces that were not registered as added tokens
         special.update(i for i, p in enumerate(pieces) if p in ("<s>", "</s>", "<unk>", "<pad>"))
+    eos = {i for i in _eos_ids(tokenizer) if 0 <= i < n}
+    special |= eos
     for i in special:
         tb[i] = b""
-    eos = {i for i in _eos_ids(tokenizer) if 0 <= i < n}
 
     if vocab_size is not None:
         try:
@@ -166,7 +167,6 @@ def vocab_from_tokenizer(tokenizer, vocab_size: int | None = None) -> TokenVocab
         else:
             special.update(range(n, width))
             tb.extend([b""] * (width - n))
-    special.update(eos)
     return _make(tb, special, eos, kind)
 
 

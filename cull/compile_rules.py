@@ -1,0 +1,70 @@
+"""`compile_rules`: rules + tokenizer -> CompiledMatcher, through an on-disk cache (.npz, no pickle)."""
+from __future__ import annotations
+
+import sys
+import time
+
+from .compiled import CompiledMatcher, cache_dir, cache_key
+from .compiler import DEFAULT_MAX_SYMBOLS, build_tables
+from .errors import CullError
+from .rules import PhraseSet, as_phrase_set
+from .vocab import TokenVocab, vocab_from_tokenizer
+
+
+def as_vocab(tokenizer_or_vocab, vocab_size: int | None = None) -> TokenVocab:
+    if isinstance(tokenizer_or_vocab, TokenVocab):
+        return tokenizer_or_vocab
+    return vocab_from_tokenizer(tokenizer_or_vocab, vocab_size=vocab_size)
+
+
+def _progress_printer(enabled: bool):
+    if not enabled:
+        return None
+    try:
+        from rich.console import Console
+
+        console = Console(stderr=True)
+        return lambda msg: console.log(f"[cull compile] {msg}")
+    except ImportError:
+        return lambda msg: print(f"[cull compile] {msg}", file=sys.stderr)
+
+
+def compile_rules(
+    rules: "PhraseSet | list[str]",
+    tokenizer,
+    *,
+    vocab_size: int | None = None,
+    cache: bool = True,
+    max_symbols: int = DEFAULT_MAX_SYMBOLS,
+    progress: bool = False,
+) -> CompiledMatcher:
+    """Compile phrase rules against a tokenizer (or a cull TokenVocab).
+
+    The result is cached under $CULL_CACHE_DIR (default ~/.cache/cull), keyed by the hash of the
+    vocabulary and of the normalised rules.
+    """
+    rules = as_phrase_set(rules)
+    vocab = as_vocab(tokenizer, vocab_size)
+    if not rules.rules:
+        raise CullError("no rules to compile: the phrase list is empty")
+    key = cache_key("text", vocab.fingerprint(), rules.fingerprint(), str(max_symbols))
+    path = cache_dir() / f"{key}.npz"
+    if cache and path.exists():
+        try:
+            return CompiledMatcher.load(path, vocab.token_bytes)
+        except CullError:
+            path.unlink(missing_ok=True)  # a corrupt or stale cache file is rebuilt, not trusted
+    t0 = time.perf_counter()
+    tables = build_tables(rules, vocab.token_bytes, vocab.special_ids, max_symbols=max_symbols,
+                          progress=_progress_printer(progress))
+    meta = {"n_patterns": int(tables["n_patterns"]), "depth": int(tables["depth"]),
+            "n_tokens": len(vocab.token_bytes), "compile_s": time.perf_counter() - t0,
+            "timings": tables["timings"]}
+    matcher = CompiledMatcher(tables, vocab.token_bytes, mode="text", fold_case=rules.options.ignore_case,
+                              meta=meta)
+    if cache:
+        try:
+            matcher.save(path)
+        except OSError:
+            pass  # a read-only home is not an error; we just recompile next time
+    return matcher

@@ -1,0 +1,184 @@
+"""CompiledMatcher: the compiled tables, the per-row state machine, and the on-disk cache.
+
+A row's state is (node, cls): its trie node and the class of its last character. Text-mode
+matchers step a token's bytes through the transducer and the automaton; token-mode matchers
+(HF `bad_words_ids` style) step the token id itself.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import os
+from pathlib import Path
+
+import numpy as np
+
+from .errors import CullError
+from .normalize import OTHER, transduce
+
+FORMAT_VERSION = 1
+ARRAYS = ("perm", "rng_ptr", "rng_lo", "rng_hi", "rng_delta", "has_rng", "out_next", "alw_ptr",
+          "alw_tok", "alw_delta", "fail", "node_cls", "node_out", "goto_key", "goto_val")
+
+
+class CompiledMatcher:
+    """Tables for one (rules, vocabulary) pair. Build with `cull.compile_rules`."""
+
+    def __init__(self, tables: dict, token_bytes, *, mode: str = "text", fold_case: bool = True,
+                 radix: int = 256, meta: dict | None = None):
+        self.tables = {k: tables[k] for k in ARRAYS}
+        self.token_bytes = token_bytes
+        self.mode = mode
+        self.fold_case = fold_case
+        self.radix = radix
+        self.meta = dict(meta or {})
+        self.n_tokens = len(token_bytes) if token_bytes is not None else int(self.meta.get("n_tokens", 0))
+        self.max_chain = _max_chain(self.tables["has_rng"], self.tables["out_next"])
+        self.all_ban = bool(np.all(self.tables["rng_delta"] == -np.inf) and np.all(self.tables["alw_delta"] == -np.inf))
+        self._goto = None
+        self._sym_cache: dict[tuple[int, int], tuple[bytes, int]] = {}
+        self._device_tables = {}
+
+    # ---- stepping (host side) ----
+    def initial_state(self) -> tuple[int, int]:
+        return (0, OTHER)
+
+    @property
+    def goto(self) -> dict:
+        if self._goto is None:
+            self._goto = dict(zip(self.tables["goto_key"].tolist(), self.tables["goto_val"].tolist()))
+            self._fail = self.tables["fail"].tolist()
+        return self._goto
+
+    def _step(self, node: int, sym: int) -> int:
+        goto, fail, radix = self.goto, self._fail, self.radix
+        while True:
+            child = goto.get(node * radix + sym)
+            if child is not None:
+                return child
+            if node == 0:
+                return 0
+            node = fail[node]
+
+    def advance(self, state: tuple[int, int], token: int) -> tuple[int, int]:
+        node, cls = state
+        if self.mode == "tokens":
+            return (self._step(node, int(token)), cls)
+        if token < 0 or token >= self.n_tokens:
+            return state
+        key = (int(token), cls)
+        hit = self._sym_cache.get(key)
+        if hit is None:
+            raw = self.token_bytes[token]
+            hit = transduce(raw, cls, fold_case=self.fold_case) if raw else (b"", cls)
+            if len(self._sym_cache) < 1_000_000:
+                self._sym_cache[key] = hit
+        for s in hit[0]:
+            node = self._step(node, s)
+        return (node, hit[1])
+
+    def advance_many(self, state, tokens) -> tuple[int, int]:
+        for t in tokens:
+            state = self.advance(state, int(t))
+        return state
+
+    # ---- the ban set of a state (plain reference; kernels/ has the fast paths) ----
+    def chain(self, node: int) -> list[int]:
+        has, nxt = self.tables["has_rng"], self.tables["out_next"]
+        m = node if has[node] else int(nxt[node])
+        out = []
+        while m >= 0:
+            out.append(m)
+            m = int(nxt[m])
+        return out
+
+    def banned(self, state) -> dict[int, float]:
+        """{token: delta} for every token that would complete a match from `state`."""
+        node, cls = state
+        T = self.tables
+        out: dict[int, float] = {}
+        a, b = int(T["alw_ptr"][cls]), int(T["alw_ptr"][cls + 1])
+        for t, d in zip(T["alw_tok"][a:b].tolist(), T["alw_delta"][a:b].tolist()):
+            out[t] = min(out.get(t, math.inf), d)
+        for m in self.chain(node):
+            for r in range(int(T["rng_ptr"][m]), int(T["rng_ptr"][m + 1])):
+                d = float(T["rng_delta"][r])
+                for t in T["perm"][T["rng_lo"][r]:T["rng_hi"][r]].tolist():
+                    out[t] = min(out.get(t, math.inf), d)
+        return out
+
+    # ---- device copies for the kernels ----
+    def device_tables(self, device):
+        import torch
+
+        key = str(device)
+        if key not in self._device_tables:
+            T = self.tables
+            self._device_tables[key] = {
+                k: torch.from_numpy(np.ascontiguousarray(T[k])).to(device)
+                for k in ("perm", "rng_ptr", "rng_lo", "rng_hi", "rng_delta", "has_rng", "out_next",
+                          "alw_ptr", "alw_tok", "alw_delta")
+            }
+            self._device_tables[key]["max_chain"] = self.max_chain
+            self._device_tables[key]["all_ban"] = self.all_ban
+        return self._device_tables[key]
+
+    # ---- statistics and persistence ----
+    def stats(self) -> dict:
+        T = self.tables
+        return {
+            "mode": self.mode,
+            "patterns": int(self.meta.get("n_patterns", 0)),
+            "states": int(len(T["fail"])),
+            "ranges": int(len(T["rng_lo"])),
+            "always_tokens": [int(T["alw_ptr"][c + 1] - T["alw_ptr"][c]) for c in range(len(T["alw_ptr"]) - 1)],
+            "max_chain": self.max_chain,
+            "table_mib": sum(v.nbytes for v in T.values()) / 2**20,
+            "device_mib": sum(T[k].nbytes for k in ("perm", "rng_ptr", "rng_lo", "rng_hi", "rng_delta",
+                                                     "has_rng", "out_next", "alw_ptr", "alw_tok", "alw_delta")) / 2**20,
+        }
+
+    def save(self, path) -> None:
+        meta = json.dumps({**self.meta, "mode": self.mode, "fold_case": self.fold_case, "radix": self.radix,
+                           "format": FORMAT_VERSION})
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(path.name + f".{os.getpid()}.tmp.npz")
+        np.savez(tmp, meta=np.frombuffer(meta.encode(), dtype=np.uint8), **self.tables)
+        os.replace(tmp, path)
+
+    @classmethod
+    def load(cls, path, token_bytes) -> "CompiledMatcher":
+        try:
+            with np.load(path, allow_pickle=False) as z:  # never pickle
+                meta = json.loads(bytes(z["meta"]).decode())
+                if meta.get("format") != FORMAT_VERSION:
+                    raise CullError(f"{path}: compiled with format {meta.get('format')}, expected {FORMAT_VERSION}")
+                tables = {k: z[k] for k in ARRAYS}
+        except (OSError, ValueError, KeyError) as exc:
+            raise CullError(f"cannot read compiled tables {str(path)!r}: {exc}. Delete the file to recompile") from None
+        return cls(tables, token_bytes, mode=meta["mode"], fold_case=meta["fold_case"], radix=meta["radix"],
+                   meta=meta)
+
+
+def _max_chain(has, nxt) -> int:
+    """Longest chain of ranged nodes any state walks (the kernels unroll to this)."""
+    n = len(has)
+    nxt_l = nxt.tolist()
+    has_l = has.tolist()
+    best = 0
+    chain_len = np.zeros(n, dtype=np.int32)  # ranged nodes on the chain strictly after i's own
+    for i in range(1, n):
+        j = nxt_l[i]
+        chain_len[i] = 0 if j < 0 else 1 + chain_len[j]
+        best = max(best, chain_len[i] + (1 if has_l[i] else 0))
+    return int(best)
+
+
+def cache_dir() -> Path:
+    return Path(os.environ.get("CULL_CACHE_DIR", Path.home() / ".cache" / "cull"))
+
+
+def cache_key(*parts: str) -> str:
+    return hashlib.sha256(("\0".join(parts) + f"\0v{FORMAT_VERSION}").encode()).hexdigest()[:32]

@@ -1,0 +1,127 @@
+"""CullLogitsProcessor: a drop-in HF `LogitsProcessor` that hard-bans or biases phrases."""
+from __future__ import annotations
+
+from typing import Sequence
+
+import numpy as np
+import torch
+
+from .compiled import CompiledMatcher
+from .errors import CullError
+
+
+class CullLogitsProcessor:
+    r"""
+    [`LogitsProcessor`] that stops phrases from being written, whatever tokenization the model tries.
+
+    Unlike `bad_words_ids` and `sequence_bias`, which match one exact token sequence, cull matches the
+    *text*: case-insensitively, with whole-word boundaries, collapsed whitespace and typographic
+    quotes, so " more"+"over", "Moreover" and "MORE"+"OVER" are all caught. In `ban` mode the text the
+    generated tokens decode to never contains a match; a `bias` rule adds its delta instead.
+
+    Args:
+        rules (`cull.PhraseSet`, `list[str]` or `cull.CompiledMatcher`):
+            The phrases. A plain list is hard-banned.
+        tokenizer:
+            The model's tokenizer (or a `cull.vocab.TokenVocab`). Not needed for a `CompiledMatcher`.
+        include_prompt (`bool`, *optional*, defaults to `False`):
+            Also match text that starts in the prompt (e.g. a prompt that ends "I hope this letter").
+        backend (`str`, *optional*, defaults to `"auto"`):
+            `"torch"`, `"triton"` (CUDA) or `"reference"`; `"auto"` picks Triton for CUDA logits.
+        vocab_size (`int`, *optional*):
+            The model's logits width, if wider than the tokenizer.
+
+    Examples:
+
+    ```python
+    >>> from transformers import AutoModelForCausalLM, AutoTokenizer
+    >>> import cull
+    >>> tok = AutoTokenizer.from_pretrained("../shared/data/models/stories260K")
+    >>> model = AutoModelForCausalLM.from_pretrained("../shared/data/models/stories260K")
+    >>> inputs = tok("", return_tensors="pt")
+    >>> proc = cull.CullLogitsProcessor(["Once upon a time"], tok)
+    >>> out = model.generate(**inputs, logits_processor=[proc], max_new_tokens=20, do_sample=False)
+    >>> "once upon a time" in tok.decode(out[0]).lower()
+    False
+    ```
+    """
+
+    def __init__(self, rules, tokenizer=None, *, include_prompt: bool = False, backend: str = "auto",
+                 vocab_size: int | None = None, cache: bool = True):
+        if isinstance(rules, CompiledMatcher):
+            self.matcher = rules
+        else:
+            if tokenizer is None:
+                raise CullError("CullLogitsProcessor needs the model's tokenizer to compile phrases; "
+                                "pass it as the second argument")
+            from .compile_rules import compile_rules
+
+            self.matcher = compile_rules(rules, tokenizer, vocab_size=vocab_size, cache=cache)
+        from cull.kernels import resolve_backend  # validates the name now, not at the first step
+
+        resolve_backend(backend, "cpu")
+        self.backend = backend
+        self.include_prompt = include_prompt
+        self.reset()
+
+    def reset(self) -> None:
+        """Forget all rows. Called automatically when a new generation starts."""
+        self._prompt_len = None
+        self._last_len = None
+        self._cache: dict[bytes, tuple[int, int]] = {}
+
+    # ---- row states ----
+    def _from_scratch(self, row: np.ndarray) -> tuple[int, int]:
+        start = 0 if self.include_prompt else self._prompt_len
+        return self.matcher.advance_many(self.matcher.initial_state(), row[start:])
+
+    def row_states(self, input_ids: torch.Tensor) -> list[tuple[int, int]]:
+        """Each row's automaton state after its text so far. Stateless in effect: a row is found by
+        its content, so beam reordering and batch changes need no bookkeeping."""
+        ids = input_ids.detach().to("cpu", torch.int64).numpy()
+        B, L = ids.shape
+        found = {}
+        if self._last_len is not None and L == self._last_len + 1:
+            for r in range(B):
+                prev = self._cache.get(ids[r, :-1].tobytes())
+                if prev is not None:
+                    found[r] = self.matcher.advance(prev, int(ids[r, -1]))
+        if not found and (self._last_len is None or L != self._last_len + 1 or self._cache):
+            self.reset()  # a new generate() call
+            self._prompt_len = L
+        states = []
+        new_cache = {}
+        for r in range(B):
+            st = found.get(r)
+            if st is None:
+                st = self._from_scratch(ids[r])
+            states.append(st)
+            new_cache[ids[r].tobytes()] = st
+        self._cache = new_cache
+        self._last_len = L
+        return states
+
+    def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor) -> torch.FloatTensor:
+        if scores.dim() != 2 or input_ids.shape[0] != scores.shape[0]:
+            raise CullError(f"expected input_ids [B, L] and scores [B, V] with the same B, got "
+                            f"{tuple(input_ids.shape)} and {tuple(scores.shape)}")
+        states = self.row_states(input_ids)
+        from cull.kernels import apply_rules
+
+        nodes = torch.tensor([s[0] for s in states], dtype=torch.int64, device=scores.device)
+        classes = torch.tensor([s[1] for s in states], dtype=torch.int64, device=scores.device)
+        apply_rules(scores, nodes, classes, self.matcher.device_tables(scores.device), self.backend)
+        return scores
+
+
+def token_sequence_processor(sequences: "dict[Sequence[int], float] | Sequence[Sequence[int]]",
+                             vocab_size: int, backend: str = "auto") -> CullLogitsProcessor:
+    """HF-compatible token-form rules: a list of id sequences (banned, like `bad_words_ids`) or a
+    {sequence: bias} dict (like `sequence_bias`). Matching includes the prompt, as HF's does."""
+    from .token_rules import compile_token_rules
+
+    if isinstance(sequences, dict):
+        seqs = {tuple(k): float(v) for k, v in sequences.items()}
+    else:
+        seqs = {tuple(s): float("-inf") for s in sequences}
+    return CullLogitsProcessor(compile_token_rules(seqs, vocab_size), include_prompt=True, backend=backend)
