@@ -1,0 +1,83 @@
+"""Every kernel backend against the plain reference, on random shapes, dtypes, rules and histories.
+
+Logits are random (never zeros) and compared whole, so an unwritten or wrongly indexed element
+shows up as a difference."""
+import random
+
+import pytest
+import torch
+
+import cull
+from cull.kernels import apply_rules
+from cull.vocab import vocab_from_token_bytes
+
+from test_matcher import build
+
+
+def random_states(matcher, n_tokens, B, rng):
+    states = []
+    for _ in range(B):
+        st = matcher.initial_state()
+        for _ in range(rng.randint(0, 12)):
+            st = matcher.advance(st, rng.randrange(n_tokens))
+        states.append(st)
+    return states
+
+
+def run_backends(matcher, states, V, dtype, backends, seed):
+    g = torch.Generator().manual_seed(seed)
+    base = (torch.randn(len(states), V, generator=g) * 4).to(dtype)
+    nodes = torch.tensor([s[0] for s in states])
+    classes = torch.tensor([s[1] for s in states])
+    tables = matcher.device_tables("cpu")
+    outs = {}
+    for b in backends:
+        x = base.clone()
+        apply_rules(x, nodes, classes, tables, backend=b)
+        outs[b] = x
+    return base, outs
+
+
+@pytest.mark.parametrize("seed", range(10))
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16])
+def test_torch_backend_matches_reference(seed, dtype):
+    rng = random.Random(seed)
+    vocab, tb, special, rules, matcher = build(rng, 80, rng.randint(1, 8), bias=seed % 2 == 1)
+    B = rng.choice([1, 3, 8])
+    states = random_states(matcher, len(tb), B, rng)
+    V = len(tb) + rng.choice([0, 5])  # logits may be wider than the tokenizer
+    base, outs = run_backends(matcher, states, V, dtype, ["reference", "torch"], seed)
+    assert torch.equal(outs["reference"], outs["torch"])
+    assert not torch.isnan(outs["torch"]).any()
+    # the reference really edits what banned() says, and nothing else
+    for r, st in enumerate(states):
+        want = matcher.banned(st)
+        changed = (outs["reference"][r] != base[r]).nonzero().flatten().tolist()
+        assert set(changed) <= set(want)
+        for t, d in want.items():
+            if d == float("-inf"):
+                assert outs["reference"][r, t] == float("-inf")
+
+
+def test_torch_backend_real_vocab(data_dir):
+    from transformers import AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(data_dir / "tokenizers" / "gpt2")
+    rules = cull.PhraseSet.load(data_dir / "phrases" / "antislop" / "slop_phrase_prob_adjustments.json")
+    matcher = cull.compile_rules(rules, tok, cache=False)
+    rng = random.Random(0)
+    texts = ["It is a testament to the", "She let out a breath she didn't know she was",
+             "The tapestry of", "I delved into the rich tap", "barely above a"]
+    states = [matcher.advance_many(matcher.initial_state(), tok.encode(t)) for t in texts]
+    states += random_states(matcher, len(tok), 4, rng)
+    base, outs = run_backends(matcher, states, len(tok), torch.float32, ["reference", "torch"], 0)
+    assert torch.equal(outs["reference"], outs["torch"])
+    assert (outs["torch"] != base).any()
+
+
+def test_unknown_backend_is_a_clear_error():
+    tb = [b"a", b"b"]
+    m = cull.compile_rules(["ab"], vocab_from_token_bytes(tb), cache=False)
+    with pytest.raises(cull.CullError, match="unknown backend"):
+        apply_rules(torch.zeros(1, 2), torch.zeros(1, dtype=torch.long), torch.zeros(1, dtype=torch.long),
+                    m.device_tables("cpu"), backend="cuda-magic")
