@@ -120,6 +120,12 @@ class CompiledMatcher:
                 for k in ("perm", "rng_ptr", "rng_lo", "rng_hi", "rng_delta", "has_rng", "out_next",
                           "alw_ptr", "alw_tok", "alw_delta")
             }
+            alw_min = torch.full((3, self.n_tokens), float("inf"))
+            for c in range(3):
+                a, b = int(T["alw_ptr"][c]), int(T["alw_ptr"][c + 1])
+                alw_min[c, torch.from_numpy(T["alw_tok"][a:b].astype(np.int64))] = torch.from_numpy(T["alw_delta"][a:b])
+            self._device_tables[key]["alw_min"] = alw_min.to(device)  # dense copies for the torch backend
+            self._device_tables[key]["alw_ban"] = (alw_min == -float("inf")).to(device)
             self._device_tables[key]["max_chain"] = self.max_chain
             self._device_tables[key]["all_ban"] = self.all_ban
         return self._device_tables[key]

@@ -26,12 +26,16 @@ SUFFIX_WIDTH = 24  # longer patterns are checked against the few long tokens dir
 
 
 def _node_classes(A: Automaton) -> np.ndarray:
+    """Class state after each node's symbols (root: -1, it can be in any class)."""
+    byte_cls = np.asarray(BYTE_CLASS, dtype=np.int8)
     cls = np.full(len(A), -1, dtype=np.int8)
     for i in range(1, len(A)):
         s = A.nodes[i]
-        parent = A.ids[s[:-1]]
-        c = OTHER if parent == 0 else int(cls[parent])
-        cls[i] = class_after_symbols(s[-1:], c)
+        c = byte_cls[s[-1]]
+        if c == CONT or s[-1] == BOUNDARY:  # inherit from the parent (a node never starts mid-char)
+            parent = A.ids[s[:-1]]
+            c = class_after_symbols(s[-1:], OTHER if parent == 0 else int(cls[parent]))
+        cls[i] = c
     return cls
 
 
@@ -80,18 +84,26 @@ def _merge_ranges(nodes, lo, hi, deltas):
     """Per node: sorted, disjoint ranges; where ranges overlap the stronger (smaller) delta wins."""
     order = np.lexsort((lo, nodes))
     nodes, lo, hi, deltas = nodes[order], lo[order], hi[order], deltas[order]
-    out_n, out_lo, out_hi, out_d = [], [], [], []
-    i, n = 0, len(nodes)
-    while i < n:
-        j = i
-        while j < n and nodes[j] == nodes[i]:
-            j += 1
-        pieces = _merge_one(lo[i:j].tolist(), hi[i:j].tolist(), deltas[i:j].tolist())
-        for a, b, d in pieces:
-            out_n.append(nodes[i]); out_lo.append(a); out_hi.append(b); out_d.append(d)
-        i = j
-    return (np.asarray(out_n, np.int32), np.asarray(out_lo, np.int64), np.asarray(out_hi, np.int64),
-            np.asarray(out_d, np.float64))
+    same = nodes[1:] == nodes[:-1]
+    # only nodes whose ranges touch or overlap need the slow merge
+    clash = same & (lo[1:] <= np.maximum.accumulate(hi)[:-1])
+    if not clash.any():
+        return nodes, lo, hi, deltas
+    bad = np.unique(nodes[1:][clash])
+    slow = np.isin(nodes, bad)
+    out_n, out_lo, out_hi, out_d = [nodes[~slow]], [lo[~slow]], [hi[~slow]], [deltas[~slow]]
+    idx = np.flatnonzero(slow)
+    starts = np.flatnonzero(np.r_[True, nodes[idx][1:] != nodes[idx][:-1]])
+    for a, b in zip(starts, np.r_[starts[1:], len(idx)]):
+        sel = idx[a:b]
+        pieces = _merge_one(lo[sel].tolist(), hi[sel].tolist(), deltas[sel].tolist())
+        out_n.append(np.full(len(pieces), nodes[sel[0]], np.int32))
+        out_lo.append(np.asarray([x[0] for x in pieces], np.int64))
+        out_hi.append(np.asarray([x[1] for x in pieces], np.int64))
+        out_d.append(np.asarray([x[2] for x in pieces], np.float64))
+    nodes, lo, hi, deltas = (np.concatenate(x) for x in (out_n, out_lo, out_hi, out_d))
+    order = np.lexsort((lo, nodes))
+    return nodes[order], lo[order], hi[order], deltas[order]
 
 
 def _merge_one(lo, hi, d):

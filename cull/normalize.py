@@ -14,6 +14,8 @@ variants), so the text side needs no state beyond the class of the previous char
 """
 from __future__ import annotations
 
+import re
+
 
 OTHER, WORD, SPACE = 0, 1, 2
 CLASS_NAMES = ("other", "word", "space")
@@ -60,13 +62,35 @@ _OUT_FOLD = bytes(
 _OUT_KEEP = bytes(NUL_STANDIN if b == 0 else b for b in range(256))
 
 
-def transduce(
-    data: bytes, cls: int = OTHER, collapse_leading: bool = True, fold_case: bool = True
-) -> tuple[bytes, int]:
-    """Feed raw bytes from class state `cls`; return (symbols, class after).
+_WS_RUN = re.compile(rb"[ \t\n\r\x0b\x0c]+")
+_WORD_EDGE = re.compile(rb"(?<=[0-9A-Za-z_])(?=[^0-9A-Za-z_])|(?<=[^0-9A-Za-z_])(?=[0-9A-Za-z_])")
 
-    With collapse_leading=False a leading whitespace run is emitted as one space even when `cls` is
-    SPACE (used for token keys)."""
+
+def transduce(data: bytes, cls: int = OTHER, fold_case: bool = True) -> tuple[bytes, int]:
+    """Feed raw bytes from class state `cls`; return (symbols, class after)."""
+    if not data:
+        return b"", cls
+    if data.isascii() and b"\0" not in data:
+        return _transduce_ascii(data, cls, fold_case)
+    return transduce_plain(data, cls, fold_case)
+
+
+def _transduce_ascii(data: bytes, cls: int, fold_case: bool) -> tuple[bytes, int]:
+    # the same function as transduce_plain, with C-speed regexes (ASCII has no continuation bytes)
+    s = _WS_RUN.sub(b" ", data.lower() if fold_case else data)
+    if cls == SPACE and s[:1] == b" ":
+        s = s[1:]
+        if not s:
+            return b"", SPACE
+    s = _WORD_EDGE.sub(b"\n", s)
+    first = BYTE_CLASS[s[0]]
+    if (first == WORD) != (cls == WORD):
+        s = b"\n" + s
+    return s, BYTE_CLASS[s[-1]]
+
+
+def transduce_plain(data: bytes, cls: int = OTHER, fold_case: bool = True) -> tuple[bytes, int]:
+    """The transducer, one byte at a time (the definition; transduce() has a fast path)."""
     _OUT = _OUT_FOLD if fold_case else _OUT_KEEP
     out = bytearray()
     for b in data:
@@ -76,7 +100,7 @@ def transduce(
             if cls == SPACE:
                 cls = OTHER
         elif c == SPACE:
-            if cls == SPACE and (collapse_leading or out):
+            if cls == SPACE:
                 continue
             if cls == WORD:
                 out.append(BOUNDARY)
@@ -138,6 +162,8 @@ def spellings(phrase: str, ignore_case: bool = True, fold_quotes: bool = True) -
             q = QUOTE_FOLD.get(ch, ch)
             parts.append(list(QUOTE_VARIANTS[q]) if fold_quotes and q in QUOTE_VARIANTS else [ch])
             i += 1
+    if all(len(p) == 1 for p in parts):
+        return [phrase]
     total = 1
     for p in parts:
         total *= len(p)

@@ -18,12 +18,6 @@ from .normalize import BOUNDARY, BYTE_CLASS, CONT, OTHER, SPACE, WORD, transduce
 CLASSES = (OTHER, WORD, SPACE)
 
 
-def _succ(q: bytes) -> bytes | None:
-    """The smallest byte string greater than every string that starts with q."""
-    q = q.rstrip(b"\xff")
-    return q[:-1] + bytes([q[-1] + 1]) if q else None
-
-
 class TokenKeys:
     """keys[c][t]: key of token t fed from class c (b"" = the token adds no symbols)."""
 
@@ -97,14 +91,14 @@ def prefix_ranges(sorted_arr: np.ndarray, queries: Sequence[bytes], width: int):
     longer than `width` match nothing (no entry is that long)."""
     if not len(queries):
         return np.zeros(0, np.int64), np.zeros(0, np.int64)
-    fits = np.fromiter((len(q) <= width for q in queries), dtype=bool, count=len(queries))
-    q = as_fixed([x if ok else b"" for x, ok in zip(queries, fits)], width)
-    succ = [_succ(x) if ok else None for x, ok in zip(queries, fits)]
-    has = np.fromiter((s is not None for s in succ), dtype=bool, count=len(succ))
+    lens = np.fromiter((len(q) for q in queries), dtype=np.int64, count=len(queries))
+    fits = lens <= width
+    q = as_fixed([x if ok else b"" for x, ok in zip(queries, fits.tolist())], width)
     lo = np.searchsorted(sorted_arr, q, side="left")
-    hi = np.full(len(queries), len(sorted_arr), dtype=np.int64)
-    if has.any():
-        hi[has] = np.searchsorted(sorted_arr, as_fixed([s for s in succ if s is not None], width), side="left")
+    # q padded with 0xff sorts after every entry that starts with q and before every other larger one
+    mat = q.view(np.uint8).reshape(len(q), width).copy()
+    mat[np.arange(width)[None, :] >= lens[:, None]] = 0xFF
+    hi = np.searchsorted(sorted_arr, mat.view(f"S{width}").ravel(), side="right")
     lo[~fits] = 0
     hi[~fits] = 0
     return lo, hi

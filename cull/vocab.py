@@ -19,6 +19,8 @@ Special tokens, special added tokens (``<|im_start|>``), control pieces
 are in ``special_ids``. Added tokens marked non-special whose content is
 ordinary text map to their content's UTF-8, which is the text the user added
 (tokenizers would push it through the byte-level decoder and mangle non-ASCII).
+Ordinary vocabulary pieces are never guessed to be control tokens: e.g. the
+Phi-3 GGUF's unused ``[PAD32011]``.. pieces map to their text, as ``decode`` does.
 """
 
 from __future__ import annotations
@@ -211,17 +213,21 @@ def _backend(tokenizer):
 def _state(component) -> dict | None:
     if component is None:
         return None
-    return json.loads(component.__getstate__())
+    try:
+        return json.loads(component.__getstate__())
+    except Exception as exc:  # e.g. a custom Python decoder, which tokenizers cannot serialise
+        raise VocabError(f"cannot read the tokenizer's decoder {component!r} ({exc}). {_FIX}") from exc
 
 
 def _family(tokenizer, backend, decoder):
     """Pick the piece->bytes rule from the decoder, which is what defines a token's text."""
     model = type(getattr(backend, "model", None)).__name__
-    what = f"{type(tokenizer).__name__} (model {model}, decoder {_describe(decoder)})"
+    steps = [] if decoder is None else decoder["decoders"] if decoder.get("type") == "Sequence" else [decoder]
+    types = [s.get("type") for s in steps]
+    shown = "none" if decoder is None else ", ".join(map(str, types))
+    what = f"{type(tokenizer).__name__} (model {model}, decoder {shown})"
     if decoder is None:
         raise VocabError(f"{what} has no decoder, so its tokens have no defined text. {_FIX}")
-    steps = decoder["decoders"] if decoder.get("type") == "Sequence" else [decoder]
-    types = [s.get("type") for s in steps]
     if model in ("WordPiece", "WordLevel") or "WordPiece" in types:
         raise VocabError(
             f"unsupported tokenizer {what}: WordPiece/BERT-style tokenizers add or drop spaces "
@@ -247,14 +253,6 @@ def _family(tokenizer, backend, decoder):
         f"unsupported tokenizer {what}: cull knows byte-level BPE (GPT-2, Qwen2, Llama-3) and "
         f"SentencePiece-style (Llama-2, Phi-3) decoders. {_FIX}"
     )
-
-
-def _describe(decoder) -> str:
-    if decoder is None:
-        return "none"
-    if decoder.get("type") == "Sequence":
-        return "Sequence[" + ", ".join(str(s.get("type")) for s in decoder["decoders"]) + "]"
-    return str(decoder.get("type"))
 
 
 def _gpt2_byte_alphabet() -> dict[int, str]:
@@ -286,7 +284,7 @@ def _byte_level_pieces(pieces) -> list[bytes]:
         return [_byte_level_slow(p) for p in pieces]
 
 
-def _byte_level_slow(piece: str) -> bytes:
+def _byte_level_slow(piece: str) -> bytes:  # rare: a piece outside the alphabet
     out = bytearray()
     for ch in piece:
         b = _FROM_ALPHABET.get(ch)
@@ -295,10 +293,11 @@ def _byte_level_slow(piece: str) -> bytes:
 
 
 def _spm_pieces(pieces, space: str, byte_fallback: bool) -> list[bytes]:
-    out = []
-    for p in pieces:
-        m = _BYTE_PIECE.fullmatch(p) if byte_fallback and p.startswith("<0x") else None
-        out.append(bytes((int(m.group(1), 16),)) if m else p.replace(space, " ").encode("utf-8"))
+    out = [p.replace(space, " ").encode("utf-8") for p in pieces]
+    if byte_fallback:
+        for i, p in enumerate(pieces):
+            if p[:3] == "<0x" and (m := _BYTE_PIECE.fullmatch(p)):
+                out[i] = bytes((int(m.group(1), 16),))
     return out
 
 
@@ -312,10 +311,9 @@ def _added_tokens(tokenizer, backend) -> dict[int, tuple[str, bool]]:
 
 def _known_special_ids(tokenizer, backend, n) -> set[int]:
     ids = set(getattr(tokenizer, "all_special_ids", None) or ())
-    for tok in (getattr(backend.model, "unk_token", None),):  # BPE's unk piece never is text
-        i = backend.token_to_id(tok) if isinstance(tok, str) else None
-        if i is not None:
-            ids.add(i)
+    unk = getattr(backend.model, "unk_token", None)  # the model's unk piece is never text
+    if isinstance(unk, str) and backend.token_to_id(unk) is not None:
+        ids.add(backend.token_to_id(unk))
     return {i for i in ids if isinstance(i, int) and 0 <= i < n}
 
 

@@ -1,0 +1,36 @@
+"""Shared test helpers: where the offline test data lives, and what to do when it is missing.
+
+The data folder is ``$CULL_DATA_DIR`` (default ``<repo>/../shared/data``). When a file is
+missing, tests skip with the reason, unless ``CULL_REQUIRE_DATA=1`` (CI), where they fail.
+"""
+
+import os
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def data_root() -> Path:
+    return Path(os.environ.get("CULL_DATA_DIR") or REPO.parent / "shared" / "data")
+
+
+def need_data(*parts: str) -> Path:
+    """Path of a file/folder under the data root; skip (or fail under CULL_REQUIRE_DATA=1) if absent."""
+    path = data_root().joinpath(*parts)
+    if not path.exists():
+        msg = (
+            f"test data {path} is missing; set CULL_DATA_DIR to the shared data folder "
+            f"(see shared/data/README.md)"
+        )
+        if os.environ.get("CULL_REQUIRE_DATA") == "1":
+            pytest.fail(msg + " [CULL_REQUIRE_DATA=1 makes missing data an error]", pytrace=False)
+        pytest.skip(msg)
+    return path
+
+
+@pytest.fixture(scope="session")
+def data_dir() -> Path:
+    """The data root (skips/fails like ``need_data`` when it is missing)."""
+    return need_data()
