@@ -39,45 +39,54 @@ def _node_classes(A: Automaton) -> np.ndarray:
     return cls
 
 
+def _gather(buf: np.ndarray, starts: np.ndarray, lens: np.ndarray, width: int, pad: int) -> np.ndarray:
+    """Rows buf[start:start+len] as a fixed-width "S" array, padded with `pad` (0 or 0xff)."""
+    mat = np.full((len(starts), max(width, 1)), pad, dtype=np.uint8)
+    for k in range(width):
+        ok = lens > k
+        if not ok.any():
+            break
+        mat[ok, k] = buf[starts[ok] + k]
+    return mat.view(f"S{max(width, 1)}").ravel()
+
+
 def _chain_ranges(A, K, patterns, node_cls):
-    """Case (b): (node, lo, hi, delta) with lo/hi positions in the node's class order."""
-    nodes, queries_lo, queries_hi, deltas, classes = [], [], [], [], []
-    max_key = K.max_key
-    for p, d in patterns.items():
-        ends_b = p[-1] == BOUNDARY
-        for i in range(max(1, len(p) - max_key - 2), len(p)):
-            if p[i - 1] == BOUNDARY:
-                continue  # a state never rests right after a boundary symbol
-            rest = p[i:]
-            if rest[0] == BOUNDARY:
-                rest = rest[1:]
-            if ends_b:
-                x = rest[:-1]
-                if not x:
-                    continue  # only the boundary is left: that match ended in earlier text
-                queries_lo.append(x)
-                queries_hi.append(rest)
-            else:
-                queries_lo.append(rest)
-                queries_hi.append(rest)
-            m = A.ids[p[:i]]
-            nodes.append(m)
-            deltas.append(d)
-            classes.append(node_cls[m])
-    nodes = np.asarray(nodes, dtype=np.int32)
-    deltas = np.asarray(deltas, dtype=np.float64)
-    classes = np.asarray(classes, dtype=np.int8)
-    lo = np.zeros(len(nodes), np.int64)
-    hi = np.zeros(len(nodes), np.int64)
+    """Case (b), vectorised over every (pattern, split): the rest of the pattern after the split is
+    looked up in the sorted keys of the class the split node ends in."""
+    pats = list(patterns)
+    lens = np.fromiter((len(p) for p in pats), dtype=np.int64, count=len(pats))
+    buf = np.frombuffer(b"".join(pats), dtype=np.uint8)
+    starts = np.concatenate([[0], np.cumsum(lens)[:-1]])
+    ends = starts + lens
+    owner = np.repeat(np.arange(len(pats)), lens)
+    ids = A.ids
+    path = np.fromiter((ids[p[:i]] for p in pats for i in range(1, len(p) + 1)), dtype=np.int32, count=len(buf))
+    j = np.arange(len(buf))
+    split = j - starts[owner]  # the node is the pattern's first `split` symbols
+    ok = split >= 1
+    ok[ok] &= buf[j[ok] - 1] != BOUNDARY  # a state never rests right after a boundary symbol
+    j, own = j[ok], owner[ok]
+    node = path[j - 1]
+    rest0 = j + (buf[j] == BOUNDARY)
+    rest_len = ends[own] - rest0
+    ends_b = buf[ends[own] - 1] == BOUNDARY
+    lo_len = rest_len - ends_b
+    keep = (lo_len > 0) & (rest_len <= K.max_key + 1)
+    node, rest0, rest_len, lo_len, own = node[keep], rest0[keep], rest_len[keep], lo_len[keep], own[keep]
+    classes = node_cls[node]
+    deltas = np.fromiter(patterns.values(), dtype=np.float64, count=len(pats))[own]
+    lo = np.zeros(len(node), np.int64)
+    hi = np.zeros(len(node), np.int64)
+    W = K.max_key + 1  # a rest may be a whole key plus the final boundary
     for c in CLASSES:
-        sel = np.flatnonzero(classes == c)
+        sel = np.flatnonzero((classes == c) & (rest_len <= W))
         if not len(sel):
             continue
-        l1, _ = prefix_ranges(K.sorted_keys[c], [queries_lo[j] for j in sel], max_key)
-        _, h2 = prefix_ranges(K.sorted_keys[c], [queries_hi[j] for j in sel], max_key)
-        lo[sel], hi[sel] = l1, h2
+        sk = K.sorted_keys[c]
+        lo[sel] = np.searchsorted(sk, _gather(buf, rest0[sel], lo_len[sel], W, 0), side="left")
+        hi[sel] = np.searchsorted(sk, _gather(buf, rest0[sel], rest_len[sel], W, 0xFF), side="right")
     keep = hi > lo
-    return nodes[keep], lo[keep], hi[keep], deltas[keep], classes[keep]
+    return node[keep], lo[keep], hi[keep], deltas[keep], classes[keep]
 
 
 def _merge_ranges(nodes, lo, hi, deltas):
