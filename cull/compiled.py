@@ -34,8 +34,12 @@ class CompiledMatcher:
         self.radix = radix
         self.meta = dict(meta or {})
         self.n_tokens = len(token_bytes) if token_bytes is not None else int(self.meta.get("n_tokens", 0))
-        self.max_chain = _max_chain(self.tables["has_rng"], self.tables["out_next"])
-        self.all_ban = bool(np.all(self.tables["rng_delta"] == -np.inf) and np.all(self.tables["alw_delta"] == -np.inf))
+        if "max_chain" in self.meta:  # stored in the cache, so a reload does no work
+            self.max_chain, self.all_ban = int(self.meta["max_chain"]), bool(self.meta["all_ban"])
+        else:
+            self.max_chain = _max_chain(self.tables["has_rng"], self.tables["out_next"])
+            self.all_ban = bool(np.all(self.tables["rng_delta"] == -np.inf)
+                                and np.all(self.tables["alw_delta"] == -np.inf))
         self._goto = None
         self._sym_cache: dict[tuple[int, int], tuple[bytes, int]] = {}
         self._device_tables = {}
@@ -147,7 +151,7 @@ class CompiledMatcher:
 
     def save(self, path) -> None:
         meta = json.dumps({**self.meta, "mode": self.mode, "fold_case": self.fold_case, "radix": self.radix,
-                           "format": FORMAT_VERSION})
+                           "format": FORMAT_VERSION, "max_chain": self.max_chain, "all_ban": self.all_ban})
         path = Path(path)
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = path.with_name(path.name + f".{os.getpid()}.tmp.npz")

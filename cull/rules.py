@@ -195,13 +195,15 @@ class PhraseSet:
         return tuple(r for r in self.rules if r.regex is not None)
 
     def fingerprint(self) -> str:
-        """Stable hash of the normalised rules and options (a compile-cache key)."""
-        import hashlib
+        """Stable hash of the rules and options (a compile-cache key); computed once."""
+        cached = self.__dict__.get("_fingerprint")
+        if cached is None:
+            import hashlib
 
-        h = hashlib.sha256(self.options.key().encode())
-        for r in sorted(self.rules, key=lambda r: (r.text, r.delta)):
-            h.update(f"\0{r.text}\0{r.delta!r}".encode("utf-8", "surrogatepass"))
-        return h.hexdigest()
+            body = "\0\0".join(sorted(f"{r.text}\0{r.delta!r}" for r in self.rules))
+            cached = hashlib.sha256((self.options.key() + "\0" + body).encode("utf-8", "surrogatepass")).hexdigest()
+            object.__setattr__(self, "_fingerprint", cached)
+        return cached
 
 
 def as_phrase_set(rules: "PhraseSet | Sequence[str]") -> PhraseSet:
