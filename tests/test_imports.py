@@ -1,0 +1,48 @@
+"""`import cull` needs only torch and numpy; a missing optional package names the extra to install."""
+import subprocess
+import sys
+import textwrap
+
+BLOCKED = ["transformers", "tokenizers", "triton", "vllm", "peft", "regex", "matplotlib", "rich", "yaml", "gguf",
+           "accelerate"]
+
+PRELUDE = textwrap.dedent(f"""
+    import sys
+    class Block:
+        def find_spec(self, name, path=None, target=None):
+            if name.split(".")[0] in {BLOCKED!r}:
+                raise ImportError("blocked for the test: " + name)
+    sys.meta_path.insert(0, Block())
+""")
+
+
+def run(code: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-c", PRELUDE + textwrap.dedent(code)], capture_output=True, text=True,
+                          timeout=120)
+
+
+def test_core_works_with_only_torch_and_numpy():
+    r = run("""
+        import torch, cull
+        from cull.vocab import vocab_from_token_bytes
+        tb = [b" delve", b"d", b"elve", b" the"]
+        proc = cull.CullLogitsProcessor(["delve"], vocab_from_token_bytes(tb), cache=False)
+        scores = proc(torch.tensor([[3]]), torch.zeros(1, 4))
+        assert scores[0, 0] == float("-inf") and scores[0, 3] == 0
+        assert [m.start for m in cull.find("we delve", ["delve"])] == [3]
+        print("ok")
+    """)
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.strip() == "ok"
+
+
+def test_missing_extra_names_it():
+    r = run("""
+        import cull
+        try:
+            cull.PhraseSet(["re:colou?r"])
+        except cull.MissingExtraError as e:
+            print(e)
+    """)
+    assert r.returncode == 0, r.stderr
+    assert "regex" in r.stdout and "cull-lm[hf]" in r.stdout
