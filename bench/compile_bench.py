@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import random
 import tempfile
 import time
@@ -71,6 +72,8 @@ def main(argv=None) -> int:
     args = ap.parse_args(argv)
     from transformers import AutoTokenizer
 
+    torch.set_num_threads(1)  # the per-step ops are tiny: threads add noise, not speed
+
     tok_name = "gpt2" if args.quick else "qwen2"
     tok = AutoTokenizer.from_pretrained(data_dir() / "tokenizers" / tok_name)
     V = 151_936 if tok_name == "qwen2" else len(tok)
@@ -79,8 +82,6 @@ def main(argv=None) -> int:
     reps = 20 if args.quick else 200
     rows = []
     with tempfile.TemporaryDirectory() as cache:
-        import os
-
         os.environ["CULL_CACHE_DIR"] = cache
         for n in counts:
             rules = load_phrases(n)
@@ -104,7 +105,10 @@ def main(argv=None) -> int:
     for r in rows:
         for B in (1, 8):
             r[f"step_b{B}_vs_smallest"] = round(r[f"step_b{B}_median_us"] / base[f"step_b{B}_median_us"], 3)
-    path = write_results("compile", rows, args.out, tag="-quick" if args.quick else "")
+    load = os.getloadavg()[0]
+    path = write_results("compile", rows, args.out, tag="-quick" if args.quick else "",
+                         extra={"command": "python -m bench.compile_bench" + (" --quick" if args.quick else ""),
+                                "load_average_1min": round(load, 2), "torch_threads": 1})
     cols = ["phrases", "compile_seconds", "reload_seconds", "device_mib", "states", "ranges",
             "step_b1_median_us", "step_b8_median_us", "logits_copy_b8_median_us", "step_b1_vs_smallest",
             "step_b8_vs_smallest"]

@@ -130,6 +130,18 @@ class CompiledMatcher:
                 alw_min[c, torch.from_numpy(T["alw_tok"][a:b].astype(np.int64))] = torch.from_numpy(T["alw_delta"][a:b])
             self._device_tables[key]["alw_min"] = alw_min.to(device)  # dense copies for the torch backend
             self._device_tables[key]["alw_ban"] = (alw_min == -float("inf")).to(device)
+            caps = {}
+
+            def alw_cap(dtype, _ban=self._device_tables[key]["alw_ban"], _caps=caps):
+                # +inf where a token is free, -inf where the class's always-list bans it
+                if dtype not in _caps:
+                    _caps[dtype] = torch.where(_ban, float("-inf"), float("inf")).to(dtype)
+                return _caps[dtype]
+
+            self._device_tables[key]["alw_cap"] = alw_cap
+            np_tables = {k: T[k] for k in ("perm", "rng_ptr", "rng_lo", "rng_hi", "rng_delta", "has_rng", "out_next")}
+            np_tables["max_chain"] = self.max_chain
+            self._device_tables[key]["np"] = np_tables
             self._device_tables[key]["max_chain"] = self.max_chain
             self._device_tables[key]["all_ban"] = self.all_ban
         return self._device_tables[key]

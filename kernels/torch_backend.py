@@ -1,73 +1,104 @@
 """Vectorised torch backend: no Python loop over rows, phrases or ranges.
 
-Each row's chain of ranged nodes is unrolled to the compile-time bound `max_chain`; the ranges and
-the always-lists are expanded into (row, token, delta) triples with repeat_interleave. Bans are one
-index_put_; biases take the minimum delta per (row, token) before they are added once.
+Each row's chain of ranged nodes is unrolled to the compile-time bound `max_chain`; its ranges are
+expanded into (row, token, delta) triples with repeat-and-offset arithmetic (numpy on CPU, where
+tiny torch ops cost more than the work; torch on a GPU). The always-lists, which hold most banned
+tokens, are applied densely and grouped by class: one `minimum` against a [V] cap row per class, a
+cost that does not grow with the phrase count. Biases take the minimum delta per (row, token) and
+are added once, in fp32, rounded once to the logits' dtype.
 """
 from __future__ import annotations
 
+import numpy as np
 import torch
 
 NEG_INF = float("-inf")
 
 
-def _expand(starts: torch.Tensor, counts: torch.Tensor):
+def _expand(xp, starts, counts):
     """For segments [start, start+count): (segment id, position) of every element."""
-    seg = torch.repeat_interleave(torch.arange(len(counts), device=counts.device), counts)
-    first = torch.cumsum(counts, 0) - counts
-    pos = starts[seg] + torch.arange(len(seg), device=counts.device) - first[seg]
+    arange = np.arange if xp is np else (lambda n: torch.arange(n, device=counts.device))
+    seg = np.repeat(arange(len(counts)), counts) if xp is np else torch.repeat_interleave(arange(len(counts)), counts)
+    first = xp.cumsum(counts, 0) - counts
+    pos = starts[seg] + arange(len(seg)) - first[seg]
     return seg, pos
 
 
-def range_triples(nodes: torch.Tensor, T):
-    """(rows, tokens, deltas) of the ranges on each row's chain; duplicates possible."""
-    B = nodes.shape[0]
-    rows = torch.arange(B, device=nodes.device)
-    m = torch.where(T["has_rng"][nodes], nodes, T["out_next"][nodes].long())
+def range_triples(nodes, T):
+    """(rows, tokens, deltas) of the ranges on each row's chain; duplicates possible. `nodes` and the
+    tables are numpy arrays (CPU) or torch tensors (GPU)."""
+    xp = np if isinstance(nodes, np.ndarray) else torch
+    rows = np.arange(len(nodes)) if xp is np else torch.arange(len(nodes), device=nodes.device)
+    m = xp.where(T["has_rng"][nodes], nodes, T["out_next"][nodes].astype(np.int64) if xp is np
+                 else T["out_next"][nodes].long())
     chain_rows, chain_nodes = [], []
     for _ in range(T["max_chain"]):
         live = m >= 0
         chain_rows.append(rows[live])
         chain_nodes.append(m[live])
-        m = torch.where(live, T["out_next"][m.clamp(min=0)].long(), m)
+        nxt = T["out_next"][m.clip(0) if xp is np else m.clamp(min=0)]
+        m = xp.where(live, nxt.astype(np.int64) if xp is np else nxt.long(), m)
     if not chain_nodes:
-        empty = torch.zeros(0, dtype=torch.long, device=nodes.device)
-        return empty, empty, torch.zeros(0, dtype=torch.float32, device=nodes.device)
-    cn = torch.cat(chain_nodes)
-    cr = torch.cat(chain_rows)
+        return rows[:0], rows[:0], (np.zeros(0, np.float32) if xp is np else torch.zeros(0, device=rows.device))
+    cn, cr = xp.concatenate(chain_nodes) if xp is np else torch.cat(chain_nodes), \
+        xp.concatenate(chain_rows) if xp is np else torch.cat(chain_rows)
     r0 = T["rng_ptr"][cn]
-    seg, r = _expand(r0, T["rng_ptr"][cn + 1] - r0)
-    lo = T["rng_lo"][r].long()
-    seg2, p = _expand(lo, T["rng_hi"][r].long() - lo)
-    return cr[seg][seg2], T["perm"][p].long(), T["rng_delta"][r][seg2]
+    seg, r = _expand(xp, r0, T["rng_ptr"][cn + 1] - r0)
+    lo = T["rng_lo"][r]
+    lo = lo.astype(np.int64) if xp is np else lo.long()
+    hi = T["rng_hi"][r]
+    hi = hi.astype(np.int64) if xp is np else hi.long()
+    seg2, p = _expand(xp, lo, hi - lo)
+    tok = T["perm"][p]
+    return cr[seg][seg2], (tok.astype(np.int64) if xp is np else tok.long()), T["rng_delta"][r][seg2]
+
+
+def _cap_rows(logits, classes_host, cap):
+    """logits = min(logits, cap[class of row]) for the always-lists, grouped by class."""
+    W = min(logits.shape[1], cap.shape[1])
+    part = logits[:, :W]
+    present = np.unique(classes_host)
+    if len(present) == 1:
+        torch.minimum(part, cap[int(present[0]), :W].expand_as(part), out=part)
+        return
+    for c in present.tolist():
+        sel = torch.from_numpy(np.flatnonzero(classes_host == c)).to(logits.device)
+        part[sel] = torch.minimum(part[sel], cap[c, :W])
 
 
 def apply_rules_torch(logits: torch.Tensor, nodes, classes, T) -> torch.Tensor:
     dev = logits.device
-    nodes = torch.as_tensor(nodes, device=dev).long()
-    classes = torch.as_tensor(classes, device=dev).long()
+    on_cpu = dev.type == "cpu"
+    classes_host = np.asarray(torch.as_tensor(classes).cpu(), dtype=np.int64)
+    if on_cpu:
+        rows, tok, d = range_triples(np.asarray(torch.as_tensor(nodes), dtype=np.int64), T["np"])
+        rows, tok, d = torch.from_numpy(rows), torch.from_numpy(tok), torch.from_numpy(np.ascontiguousarray(d))
+    else:
+        rows, tok, d = range_triples(torch.as_tensor(nodes, device=dev).long(), T)
     V = logits.shape[1]
-    W = min(V, T["alw_ban"].shape[1])  # the tokenizer may be narrower than the logits
-    rows, tok, d = range_triples(nodes, T)
-    keep = tok < V
-    rows, tok, d = rows[keep], tok[keep], d[keep]
+    keep = tok < V  # a tokenizer vocabulary may be wider than the logits, never the other way round
+    if not bool(keep.all()):
+        rows, tok, d = rows[keep], tok[keep], d[keep]
     if T["all_ban"]:
-        # the always-lists as one dense masked_fill: its cost does not grow with the phrase count
-        logits[:, :W].masked_fill_(T["alw_ban"][classes, :W], NEG_INF)
-        logits[rows, tok] = NEG_INF
+        _cap_rows(logits, classes_host, T["alw_cap"](logits.dtype))
+        if len(tok):
+            logits.index_put_((rows.to(dev), tok.to(dev)), torch.tensor(NEG_INF, dtype=logits.dtype, device=dev))
         return logits
+    classes_t = torch.from_numpy(classes_host).to(dev)
+    rows, tok, d = rows.to(dev), tok.to(dev), d.to(dev)
     flat = rows * V + tok
     uniq, inv = torch.unique(flat, return_inverse=True)
     best = torch.full((len(uniq),), float("inf"), device=dev, dtype=torch.float32)
     best.scatter_reduce_(0, inv, d.float(), reduce="amin")
     urow, utok = uniq // V, uniq % V
-    best = torch.minimum(best, T["alw_min"][classes[urow], utok])
+    best = torch.minimum(best, T["alw_min"][classes_t[urow], utok])
     view = logits.view(-1)
     orig = view[uniq].float()
-    # always-lists: dense, then the range positions are rewritten from their original values
+    # always-lists densely, then the range positions are rewritten from their original values
+    W = min(V, T["alw_min"].shape[1])
     part = logits[:, :W]
-    alw = T["alw_min"][classes, :W]
-    hit = torch.isfinite(alw) | (alw == NEG_INF)
+    alw = T["alw_min"][classes_t, :W]
+    hit = alw != float("inf")
     part.copy_(torch.where(hit, torch.where(alw == NEG_INF, NEG_INF, part.float() + alw), part.float())
                .to(logits.dtype))
     view[uniq] = torch.where(best == NEG_INF, NEG_INF, orig + best).to(logits.dtype)
