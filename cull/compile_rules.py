@@ -59,6 +59,7 @@ def compile_rules(
                           progress=_progress_printer(progress))
     meta = {"n_patterns": int(tables["n_patterns"]), "depth": int(tables["depth"]),
             "n_tokens": len(vocab.token_bytes), "compile_s": time.perf_counter() - t0,
+            "perm_off": [int(x) for x in tables["perm_off"]],
             "timings": tables["timings"]}
     matcher = CompiledMatcher(tables, vocab.token_bytes, mode="text", fold_case=rules.options.ignore_case,
                               meta=meta)

@@ -139,12 +139,58 @@ class CompiledMatcher:
                 return _caps[dtype]
 
             self._device_tables[key]["alw_cap"] = alw_cap
+            self._device_tables[key]["n_tok"] = self.n_tokens
+            if not self.all_ban:  # bias mode: merged chain ranges and token positions for the kernels
+                mp, ml, mh, md = self.merged_ranges()
+                invperm = np.full((3, self.n_tokens), -1, dtype=np.int64)
+                off = 0
+                perm = T["perm"]
+                sizes = np.diff(self._class_offsets())
+                for c in range(3):
+                    invperm[c, perm[off:off + sizes[c]]] = np.arange(off, off + sizes[c])
+                    off += sizes[c]
+                for name, arr in (("mrg_ptr", mp), ("mrg_lo", ml), ("mrg_hi", mh), ("mrg_delta", md),
+                                  ("invperm", invperm)):
+                    self._device_tables[key][name] = torch.from_numpy(arr).to(device)
             np_tables = {k: T[k] for k in ("perm", "rng_ptr", "rng_lo", "rng_hi", "rng_delta", "has_rng", "out_next")}
             np_tables["max_chain"] = self.max_chain
             self._device_tables[key]["np"] = np_tables
             self._device_tables[key]["max_chain"] = self.max_chain
             self._device_tables[key]["all_ban"] = self.all_ban
         return self._device_tables[key]
+
+    def _class_offsets(self) -> np.ndarray:
+        """Start of each class order inside `perm` (text mode: three orders; token mode: one)."""
+        T = self.tables
+        if self.mode == "tokens":
+            return np.array([0, len(T["perm"]), len(T["perm"]), len(T["perm"])])
+        return np.asarray(self.meta["perm_off"])
+
+    def merged_ranges(self):
+        """Per ranged node: its ranges and those of its whole chain, disjoint, strongest delta kept."""
+        from .compiler import _merge_one
+
+        T = self.tables
+        n = len(T["has_rng"])
+        ptr, lo, hi, dl = T["rng_ptr"], T["rng_lo"], T["rng_hi"], T["rng_delta"]
+        merged: dict[int, list] = {}
+        out_ptr = np.zeros(n + 1, np.int64)
+        out_lo, out_hi, out_d = [], [], []
+        for m in range(n):
+            if T["has_rng"][m]:
+                own = list(zip(lo[ptr[m]:ptr[m + 1]].tolist(), hi[ptr[m]:ptr[m + 1]].tolist(),
+                               dl[ptr[m]:ptr[m + 1]].tolist()))
+                nxt = int(T["out_next"][m])
+                items = own + (merged[nxt] if nxt >= 0 else [])
+                items.sort()
+                pieces = _merge_one([a for a, _, _ in items], [b for _, b, _ in items], [d for _, _, d in items])
+                merged[m] = pieces
+                out_lo.extend(a for a, _, _ in pieces)
+                out_hi.extend(b for _, b, _ in pieces)
+                out_d.extend(d for _, _, d in pieces)
+            out_ptr[m + 1] = len(out_lo)
+        return (out_ptr, np.asarray(out_lo, np.int64), np.asarray(out_hi, np.int64),
+                np.asarray(out_d, np.float32))
 
     # ---- statistics and persistence ----
     def stats(self) -> dict:

@@ -1,0 +1,63 @@
+"""The Triton kernel against the reference, on the CPU under TRITON_INTERPRET=1: random shapes,
+dtypes, rule sets (bans, biases, both) and token histories; logits random, compared whole."""
+import importlib
+import os
+import random
+
+import pytest
+import torch
+
+os.environ["TRITON_INTERPRET"] = "1"
+import triton  # noqa: E402,F401  (the test extra installs it; CI must run these tests, not skip them)
+
+from cull.kernels import apply_rules  # noqa: E402
+import cull.kernels.triton_backend as tb  # noqa: E402
+
+from test_kernels import random_states, run_backends  # noqa: E402
+from test_matcher import build  # noqa: E402
+
+if not tb.AVAILABLE:
+    pytest.fail("triton imports but the backend did not load")
+tb = importlib.reload(tb)  # make sure the kernel was built in interpreter mode
+
+
+@pytest.mark.parametrize("seed", range(8))
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16])
+def test_triton_matches_reference(seed, dtype):
+    rng = random.Random(1000 + seed)
+    vocab, toks, special, rules, matcher = build(rng, 70, rng.randint(1, 7), bias=seed % 2 == 1)
+    B = rng.choice([1, 2, 5])
+    states = random_states(matcher, len(toks), B, rng)
+    V = len(toks) + rng.choice([0, 3])
+    base, outs = run_backends(matcher, states, V, dtype, ["reference", "triton"], seed)
+    assert_same(outs["reference"], outs["triton"], base)
+
+
+def assert_same(ref, out, base):
+    """Bans bit for bit; biases to one rounding step of the dtype (the interpreter's fp32 -> bf16/fp16
+    cast does not round to nearest-even as the GPU does); untouched logits exactly."""
+    ninf = float("-inf")
+    assert torch.equal(ref == ninf, out == ninf)
+    untouched = ref == base
+    assert torch.equal(out[untouched], base[untouched])
+    eps = torch.finfo(ref.dtype).eps
+    torch.testing.assert_close(out, ref, rtol=eps, atol=0)
+
+
+def test_triton_large_lists_split_across_programs():
+    """Always-lists and ranges longer than BLOCK * SPLIT, so every program has work."""
+    rng = random.Random(7)
+    tbytes = [bytes([97 + rng.randrange(3)]) * rng.randint(1, 3) + b"x" * k for k in range(3000)]
+    tbytes = list(dict.fromkeys(tbytes))
+    from cull.vocab import vocab_from_token_bytes
+
+    m = cull_compile(["x"], vocab_from_token_bytes(tbytes))
+    states = [m.initial_state(), m.advance(m.initial_state(), 0)]
+    base, outs = run_backends(m, states, len(tbytes), torch.float32, ["reference", "triton"], 3)
+    assert torch.equal(outs["reference"], outs["triton"])
+
+
+def cull_compile(rules, vocab):
+    import cull
+
+    return cull.compile_rules(rules, vocab, cache=False)
