@@ -30,6 +30,9 @@ class CullLogitsProcessor:
             `"torch"`, `"triton"` (CUDA) or `"reference"`; `"auto"` picks Triton for CUDA logits.
         vocab_size (`int`, *optional*):
             The model's logits width, if wider than the tokenizer.
+        device_state (`bool` or `"auto"`, *optional*, defaults to `"auto"`):
+            Keep row states on the GPU and advance them with a Triton kernel, so the decode loop never
+            waits for the host. `"auto"` does this for CUDA logits when triton is installed.
 
     Examples:
 
@@ -47,7 +50,7 @@ class CullLogitsProcessor:
     """
 
     def __init__(self, rules, tokenizer=None, *, include_prompt: bool = False, backend: str = "auto",
-                 vocab_size: int | None = None, cache: bool = True):
+                 vocab_size: int | None = None, cache: bool = True, device_state="auto"):
         if isinstance(rules, CompiledMatcher):
             self.matcher = rules
         else:
@@ -60,8 +63,12 @@ class CullLogitsProcessor:
         from cull.kernels import resolve_backend  # validates the name now, not at the first step
 
         resolve_backend(backend, "cpu")
+        if device_state not in (True, False, "auto"):
+            raise CullError(f"device_state must be True, False or 'auto', got {device_state!r}")
         self.backend = backend
         self.include_prompt = include_prompt
+        self.device_state = device_state
+        self._device_rows = None
         self.reset()
 
     def reset(self) -> None:
@@ -69,6 +76,8 @@ class CullLogitsProcessor:
         self._prompt_len = None
         self._last_len = None
         self._cache: dict[bytes, tuple[int, int]] = {}
+        if getattr(self, "_device_rows", None) is not None:
+            self._device_rows.reset()
 
     # ---- row states ----
     def _from_scratch(self, row: np.ndarray) -> tuple[int, int]:
@@ -105,13 +114,27 @@ class CullLogitsProcessor:
         if scores.dim() != 2 or input_ids.shape[0] != scores.shape[0]:
             raise CullError(f"expected input_ids [B, L] and scores [B, V] with the same B, got "
                             f"{tuple(input_ids.shape)} and {tuple(scores.shape)}")
-        states = self.row_states(input_ids)
         from cull.kernels import apply_rules
 
-        nodes = torch.tensor([s[0] for s in states], dtype=torch.int64, device=scores.device)
-        classes = torch.tensor([s[1] for s in states], dtype=torch.int64, device=scores.device)
+        if self._use_device_state(scores):
+            if self._device_rows is None or self._device_rows.device != scores.device:
+                from .device_state import DeviceRowStates
+
+                self._device_rows = DeviceRowStates(self.matcher, scores.device, self.include_prompt)
+            nodes, classes = self._device_rows.update(input_ids)
+        else:
+            states = self.row_states(input_ids)
+            nodes = torch.tensor([s[0] for s in states], dtype=torch.int64, device=scores.device)
+            classes = torch.tensor([s[1] for s in states], dtype=torch.int64, device=scores.device)
         apply_rules(scores, nodes, classes, self.matcher.device_tables(scores.device), self.backend)
         return scores
+
+    def _use_device_state(self, scores) -> bool:
+        if self.device_state == "auto":
+            from cull.kernels import _triton_available
+
+            return scores.is_cuda and _triton_available()
+        return bool(self.device_state)
 
 
 def token_sequence_processor(sequences: "dict[Sequence[int], float] | Sequence[Sequence[int]]",

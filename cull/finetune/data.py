@@ -1,0 +1,198 @@
+"""On-policy training data for `cull finetune`, built from the model's own samples and the matcher.
+
+1. Sample the base model on the training prompts with the processor off.
+2. Find every hit with `cull.find`.
+3. Map the hit's first character to the token that wrote it: the context is everything before that
+   token, "rejected" is that token, "chosen" is the model's own top-k alternatives there that start no
+   banned phrase (checked by decoding context + alternative + a short greedy continuation and
+   running the matcher on it).
+4. Keep at most `max_per_pair` examples per (phrase, rejected token), and never the same context twice.
+5. A retain set: positions of the base samples where no hit starts, with the base model's top-K log-probabilities
+   there, for a KL-to-base term that keeps everything else as it was.
+"""
+from __future__ import annotations
+
+import bisect
+import json
+import random
+from collections import Counter
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+from ..errors import CullError, require
+from ..evaluate import Generation, generate
+from ..find import find
+from ..rules import PhraseSet
+
+
+@dataclass
+class PreferenceExample:
+    context: list  # prompt + generated ids before the rejected token
+    rejected: int
+    chosen: list  # acceptable alternatives, most likely first
+    phrase: str
+    p_rejected: float = 0.0
+
+
+@dataclass
+class RetainExample:
+    ids: list  # prompt + generated ids
+    positions: list  # indices i: the distribution predicting ids[i] is kept close to the base
+    top_ids: list = field(default_factory=list)  # [len(positions)][K] base model's top-K token ids
+    top_logp: list = field(default_factory=list)  # [len(positions)][K] their base log-probs
+
+
+@dataclass
+class FinetuneData:
+    preference: list
+    retain: list
+    stats: dict
+
+    def save(self, path) -> None:
+        doc = {"preference": [asdict(e) for e in self.preference], "retain": [asdict(e) for e in self.retain],
+               "stats": self.stats}
+        Path(path).write_text(json.dumps(doc))
+
+    @classmethod
+    def load(cls, path) -> "FinetuneData":
+        doc = json.loads(Path(path).read_text())
+        return cls([PreferenceExample(**e) for e in doc["preference"]], [RetainExample(**e) for e in doc["retain"]],
+                   doc["stats"])
+
+
+def char_ends(tok, ids: list[int]) -> list[int]:
+    """ends[i] = length of the decoded text of ids[:i+1] (the same decode that produced the text)."""
+    special = set(getattr(tok, "all_special_ids", []) or [])
+    ends, kept = [], []
+    for t in ids:
+        if t not in special:
+            kept.append(t)
+        ends.append(len(tok.decode(kept, skip_special_tokens=True)) if kept else 0)
+    return ends
+
+
+def token_at_char(ends: list[int], char: int) -> int:
+    """Index of the token that wrote character `char`: the first whose decoded prefix passes it."""
+    i = bisect.bisect_right(ends, char)
+    if i >= len(ends):
+        raise CullError(f"character {char} is past the decoded text ({ends[-1] if ends else 0} characters)")
+    return i
+
+
+def hits_in(gen: Generation, tok, rules: PhraseSet) -> list[tuple[str, int]]:
+    """(phrase, index into gen.gen_ids of the token that wrote the match's first character)."""
+    ms = find(gen.text, rules)
+    if not ms:
+        return []
+    ends = char_ends(tok, gen.gen_ids)
+    if ends and ends[-1] != len(gen.text):  # incremental decode differs from the whole decode
+        return [(m.rule.text, _scan_token(tok, gen.gen_ids, m.start)) for m in ms]
+    return [(m.rule.text, token_at_char(ends, m.start)) for m in ms]
+
+
+def _scan_token(tok, ids, char):
+    for i in range(len(ids)):
+        if len(tok.decode(ids[:i + 1], skip_special_tokens=True)) > char:
+            return i
+    return len(ids) - 1
+
+
+def acceptable_alternatives(model, tok, rules, prompt_len: int, context: list[int], candidates: list[int],
+                            lookahead: int = 6) -> list[int]:
+    """The candidates after which a short greedy continuation writes no new match."""
+    torch = require("torch", "hf")
+    if not candidates:
+        return []
+    device = next(model.parameters()).device
+    ids = torch.tensor([context + [c] for c in candidates], dtype=torch.long, device=device)
+    with torch.inference_mode():
+        out = model.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=lookahead, do_sample=False,
+                             temperature=None, top_p=None, top_k=None,
+                             pad_token_id=tok.eos_token_id if tok.eos_token_id is not None else 0)
+    base_text = tok.decode(context[prompt_len:], skip_special_tokens=True)
+    ok = []
+    for c, row in zip(candidates, out.tolist()):
+        text = tok.decode(row[prompt_len:], skip_special_tokens=True)
+        if not any(m.end > len(base_text) for m in find(text, rules)):
+            ok.append(c)
+    return ok
+
+
+def build_data(model, tok, rules: PhraseSet, prompts: list[str], *, n_samples: int = 4, temperature: float = 0.8,
+               max_new_tokens: int = 128, seed: int = 0, top_k: int = 8, min_prob: float = 0.01,
+               max_chosen: int = 4, max_per_pair: int = 8, lookahead: int = 6, retain_per_gen: int = 8,
+               retain_top: int = 64, batch_size: int = 16, chat: bool | None = None, progress: bool = True,
+               gens: list[Generation] | None = None) -> FinetuneData:
+    """Sample the base model and turn its hits into preference examples and its clean text into a
+    retain set (see the module docstring). Raises a CullError when there are no hits."""
+    torch = require("torch", "hf")
+    from tqdm.auto import tqdm
+
+    if gens is None:
+        gens = generate(model, tok, prompts, n_samples=n_samples, temperature=temperature,
+                        max_new_tokens=max_new_tokens, seed=seed, batch_size=batch_size, chat=chat,
+                        progress=progress, desc="sampling the base model")
+    rng = random.Random(seed)
+    found, per_pair, seen = [], Counter(), set()
+    hit_counts = Counter()
+    for g in gens:
+        for phrase, ti in hits_in(g, tok, rules):
+            hit_counts[phrase] += 1
+            context = g.prompt_ids + g.gen_ids[:ti]
+            key = (phrase, g.gen_ids[ti])
+            if tuple(context) in seen or per_pair[key] >= max_per_pair:
+                continue
+            seen.add(tuple(context))
+            per_pair[key] += 1
+            found.append((g, phrase, ti, context))
+    if not found:
+        raise CullError(
+            f"none of the {len(rules)} phrases appeared in {len(gens)} samples of the base model "
+            f"({sum(len(g.gen_ids) for g in gens)} tokens), so there is nothing to train away. Use prompts "
+            "that elicit them (e.g. the kind of writing where the model says them), more samples "
+            "(--n-samples), longer generations (--max-new-tokens), or check the list with `cull eval`")
+    device = next(model.parameters()).device
+    examples = []
+    for g, phrase, ti, context in tqdm(found, desc="finding alternatives", disable=not progress, leave=False):
+        with torch.inference_mode():
+            logits = model(torch.tensor([context], device=device)).logits[0, -1].float()
+        probs = torch.softmax(logits, -1)
+        rejected = g.gen_ids[ti]
+        cand = [int(t) for t in torch.topk(probs, min(top_k + 1, probs.numel())).indices.tolist()
+                if t != rejected and probs[t] >= min_prob and t not in (getattr(tok, "all_special_ids", []) or [])]
+        chosen = acceptable_alternatives(model, tok, rules, len(g.prompt_ids), context, cand, lookahead)[:max_chosen]
+        examples.append(PreferenceExample(context, int(rejected), chosen, phrase, float(probs[rejected])))
+    retain = build_retain(model, gens, rules, tok, per_gen=retain_per_gen, top=retain_top, rng=rng,
+                          progress=progress)
+    stats = {"generations": len(gens), "hits": sum(hit_counts.values()), "hits_per_phrase": dict(hit_counts),
+             "examples": len(examples), "examples_with_chosen": sum(1 for e in examples if e.chosen),
+             "pairs": {f"{p} | {tok.convert_ids_to_tokens(t)}": c for (p, t), c in per_pair.items()},
+             "retain_positions": sum(len(r.positions) for r in retain)}
+    return FinetuneData(examples, retain, stats)
+
+
+def build_retain(model, gens: list[Generation], rules, tok, *, per_gen: int, top: int, rng: random.Random,
+                 progress: bool = True) -> list[RetainExample]:
+    """Up to `per_gen` random positions per generation, other than those where a hit starts, with
+    the base model's top-`top` log-probs there."""
+    torch = require("torch", "hf")
+    from tqdm.auto import tqdm
+
+    out = []
+    device = next(model.parameters()).device
+    for g in tqdm(gens, desc="retain set", disable=not progress or per_gen == 0, leave=False):
+        if per_gen == 0:
+            break
+        skip = {len(g.prompt_ids) + ti for _, ti in hits_in(g, tok, rules)}
+        ids = g.prompt_ids + g.gen_ids
+        gen_pos = [p for p in range(len(g.prompt_ids), len(ids)) if p not in skip]
+        if not gen_pos:
+            continue
+        positions = sorted(rng.sample(gen_pos, min(per_gen, len(gen_pos))))
+        with torch.inference_mode():
+            logp = torch.log_softmax(model(torch.tensor([ids], device=device)).logits[0].float(), -1)
+        sel = logp[torch.tensor(positions, device=device) - 1]
+        k = min(top, sel.shape[-1])
+        vals, idx = torch.topk(sel, k, dim=-1)
+        out.append(RetainExample(ids, positions, idx.tolist(), vals.tolist()))
+    return out
