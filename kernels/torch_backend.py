@@ -2,10 +2,11 @@
 
 Each row's chain of ranged nodes is unrolled to the compile-time bound `max_chain`; its ranges are
 expanded into (row, token, delta) triples with repeat-and-offset arithmetic (numpy on CPU, where
-tiny torch ops cost more than the work; torch on a GPU). The always-lists, which hold most banned
-tokens, are applied densely and grouped by class: one `minimum` against a [V] cap row per class, a
-cost that does not grow with the phrase count. Biases take the minimum delta per (row, token) and
-are added once, in fp32, rounded once to the logits' dtype.
+tiny torch ops cost more than the work; torch on a GPU). Long always-lists are applied densely,
+grouped by class: one `minimum` against a [V] cap row, a cost that does not grow with the phrase
+count. On CPU, bans cache each visited node's token list, so a step is one `index_fill_`/
+`index_put_`. Biases take the minimum delta per (row, token) and are added once, in fp32, rounded
+once to the logits' dtype.
 """
 from __future__ import annotations
 
@@ -54,11 +55,12 @@ def range_triples(nodes, T):
 
 
 def _cap_rows(logits, classes_host, cap):
-    """logits = min(logits, cap[class of row]) for the always-lists, grouped by class."""
+    """logits = min(logits, cap[class of row]) for the always-lists, grouped by class (-1: skip)."""
     W = min(logits.shape[1], cap.shape[1])
     part = logits[:, :W]
     present = np.unique(classes_host)
-    if len(present) == 1:
+    present = present[present >= 0]
+    if len(present) == 1 and (classes_host >= 0).all():
         torch.minimum(part, cap[int(present[0]), :W].expand_as(part), out=part)
         return
     for c in present.tolist():
@@ -66,10 +68,52 @@ def _cap_rows(logits, classes_host, cap):
         part[sel] = torch.minimum(part[sel], cap[c, :W])
 
 
+DENSE_ALWAYS = 4096  # always-lists longer than this are applied densely (one minimum over V)
+
+
+def _chain_tokens_cpu(node: int, T) -> np.ndarray:
+    """The tokens a node's chain bans, cached per node (bans only): on a CPU every op costs
+    microseconds, so a visited state's token list is computed once."""
+    cache = T.setdefault("chain_cache", {})
+    hit = cache.get(node)
+    if hit is None:
+        _, tok, _ = range_triples(np.asarray([node], dtype=np.int64), T["np"])
+        hit = np.unique(tok)
+        if len(cache) > 200_000:
+            cache.clear()
+        cache[node] = hit
+    return hit
+
+
+def _apply_bans_cpu(logits, nodes_host, classes_host, T):
+    V = logits.shape[1]
+    B = len(nodes_host)
+    toks = [_chain_tokens_cpu(int(n), T) for n in nodes_host.tolist()]
+    alw = T["alw_np"]
+    dense = [c for c in set(classes_host.tolist()) if len(alw[c]) > DENSE_ALWAYS]
+    if dense:
+        _cap_rows(logits, np.where(np.isin(classes_host, dense), classes_host, -1), T["alw_cap"](logits.dtype))
+    toks = [t if c in dense else np.concatenate([t, alw[c]]) for t, c in zip(toks, classes_host.tolist())]
+    if B == 1:
+        t = toks[0]
+        t = t[t < V] if len(t) and t[-1] >= V else t
+        if len(t):
+            logits[0].index_fill_(0, torch.from_numpy(t), NEG_INF)
+        return logits
+    rows = np.repeat(np.arange(B), [len(t) for t in toks])
+    tok = np.concatenate(toks)
+    keep = tok < V
+    logits.index_put_((torch.from_numpy(rows[keep]), torch.from_numpy(tok[keep])),
+                      torch.tensor(NEG_INF, dtype=logits.dtype))
+    return logits
+
+
 def apply_rules_torch(logits: torch.Tensor, nodes, classes, T) -> torch.Tensor:
     dev = logits.device
     on_cpu = dev.type == "cpu"
     classes_host = np.asarray(torch.as_tensor(classes).cpu(), dtype=np.int64)
+    if on_cpu and T["all_ban"]:
+        return _apply_bans_cpu(logits, np.asarray(torch.as_tensor(nodes), dtype=np.int64), classes_host, T)
     if on_cpu:
         rows, tok, d = range_triples(np.asarray(torch.as_tensor(nodes), dtype=np.int64), T["np"])
         rows, tok, d = torch.from_numpy(rows), torch.from_numpy(tok), torch.from_numpy(np.ascontiguousarray(d))
