@@ -81,3 +81,16 @@ def test_unknown_backend_is_a_clear_error():
     with pytest.raises(cull.CullError, match="unknown backend"):
         apply_rules(torch.zeros(1, 2), torch.zeros(1, dtype=torch.long), torch.zeros(1, dtype=torch.long),
                     m.device_tables("cpu"), backend="cuda-magic")
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_dense_always_path_matches_reference(seed, monkeypatch):
+    """Force the dense always-list path (long lists) with rows of mixed classes."""
+    import cull.kernels.torch_backend as tbk
+
+    monkeypatch.setattr(tbk, "DENSE_ALWAYS", 0)
+    rng = random.Random(500 + seed)
+    vocab, tb, special, rules, matcher = build(rng, 80, rng.randint(2, 8), bias=False)
+    states = random_states(matcher, len(tb), 6, rng)
+    base, outs = run_backends(matcher, states, len(tb), torch.float32, ["reference", "torch"], seed)
+    assert torch.equal(outs["reference"], outs["torch"])
