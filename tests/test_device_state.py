@@ -12,7 +12,7 @@ import triton  # noqa: E402,F401
 import cull  # noqa: E402
 from cull.vocab import vocab_from_token_bytes  # noqa: E402
 
-from test_matcher import build  # noqa: E402
+from randomized import build  # noqa: E402
 
 
 def drive(proc_host, proc_dev, steps, B, n_tok, V, rng, reorder, spell=()):

@@ -7,8 +7,7 @@ import torch
 
 import cull
 
-from test_kernels import random_states
-from test_matcher import build
+from randomized import build, random_states
 
 pytestmark = pytest.mark.gpu
 

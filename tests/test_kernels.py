@@ -11,31 +11,7 @@ import cull
 from cull.kernels import apply_rules
 from cull.vocab import vocab_from_token_bytes
 
-from test_matcher import build
-
-
-def random_states(matcher, n_tokens, B, rng):
-    states = []
-    for _ in range(B):
-        st = matcher.initial_state()
-        for _ in range(rng.randint(0, 12)):
-            st = matcher.advance(st, rng.randrange(n_tokens))
-        states.append(st)
-    return states
-
-
-def run_backends(matcher, states, V, dtype, backends, seed):
-    g = torch.Generator().manual_seed(seed)
-    base = (torch.randn(len(states), V, generator=g) * 4).to(dtype)
-    nodes = torch.tensor([s[0] for s in states])
-    classes = torch.tensor([s[1] for s in states])
-    tables = matcher.device_tables("cpu")
-    outs = {}
-    for b in backends:
-        x = base.clone()
-        apply_rules(x, nodes, classes, tables, backend=b)
-        outs[b] = x
-    return base, outs
+from randomized import build, random_states, run_backends
 
 
 @pytest.mark.parametrize("seed", range(10))

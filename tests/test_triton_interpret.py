@@ -13,8 +13,7 @@ import triton  # noqa: E402,F401  (the test extra installs it; CI must run these
 from cull.kernels import apply_rules  # noqa: E402
 import cull.kernels.triton_backend as tb  # noqa: E402
 
-from test_kernels import random_states, run_backends  # noqa: E402
-from test_matcher import build  # noqa: E402
+from randomized import build, random_states, run_backends  # noqa: E402
 
 if not tb.AVAILABLE:
     pytest.fail("triton imports but the backend did not load")

@@ -1,0 +1,218 @@
+"""cull finetune: the loss terms, the data building, and the CI-scale acceptance run on stories260K."""
+import json
+import math
+import time
+
+import pytest
+import torch
+
+import cull
+from conftest import need_data
+from cull.errors import CullError
+from cull.finetune.data import char_ends, hits_in, token_at_char
+from cull.finetune.loss import log1m_prob, preference_loss, retain_kl, unlikelihood_loss
+
+PHRASE = "Once upon a time"
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    """A 260K-parameter model runs fastest on one thread; more threads than idle cores is many times
+    slower on a shared machine."""
+    old = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(old)
+
+
+# ---- loss terms on hand-built distributions ----
+def test_unlikelihood_is_minus_log_one_minus_p():
+    probs = torch.tensor([[0.7, 0.2, 0.1], [0.05, 0.9, 0.05]])
+    logits = probs.log()
+    rejected = torch.tensor([0, 1])
+    want = (-torch.log(1 - torch.tensor([0.7, 0.9]))).mean()
+    assert torch.allclose(unlikelihood_loss(logits, rejected), want, atol=1e-6)
+
+
+def test_log1m_prob_is_stable_near_one():
+    logits = torch.tensor([[40.0, 0.0, 0.0]])  # p(0) = 1 - 2e-18: 1 - p cancels to 0 in float32
+    got = log1m_prob(logits, torch.tensor([0]))
+    assert torch.isfinite(got).all()
+    assert abs(got.item() - (math.log(2) - 40.0)) < 1e-4
+
+
+def test_preference_loss_value_and_mask():
+    logp = torch.log(torch.tensor([[0.5, 0.25, 0.25, 1e-9]]))
+    rejected = torch.tensor([0])
+    chosen = torch.tensor([[1, 2, 3]])
+    mask = torch.tensor([[True, True, False]])
+    diff = math.log(0.25) - math.log(0.5)
+    want = -math.log(1 / (1 + math.exp(-(2.0 * (diff - 1.0)))))
+    got = preference_loss(logp, rejected, chosen, mask, beta=2.0, margin=1.0)
+    assert abs(got.item() - want) < 1e-5
+    # an example with no chosen token contributes nothing
+    none = preference_loss(logp, rejected, chosen, torch.zeros_like(mask), beta=2.0, margin=1.0)
+    assert none.item() == 0.0
+
+
+def test_preference_gradient_lowers_rejected():
+    logits = torch.zeros(1, 5, requires_grad=True)
+    preference_loss(logits, torch.tensor([0]), torch.tensor([[1, 2]]), torch.tensor([[True, True]])).backward()
+    assert logits.grad[0, 0] > 0 and logits.grad[0, 1] < 0 and logits.grad[0, 2] < 0
+
+
+def test_retain_kl_exact_when_top_k_is_everything_and_zero_at_base():
+    torch.manual_seed(0)
+    base = torch.log_softmax(torch.randn(3, 6), -1)
+    model = torch.log_softmax(torch.randn(3, 6), -1)
+    top_logp, top_ids = torch.topk(base, 6, -1)
+    want = (base.exp() * (base - model)).sum(-1).mean()
+    assert torch.allclose(retain_kl(model, top_ids, top_logp), want, atol=1e-5)
+    # truncated to the top 2 plus a rest bucket: zero when the model equals the base
+    top_logp2, top_ids2 = torch.topk(base, 2, -1)
+    assert retain_kl(base, top_ids2, top_logp2).abs().item() < 1e-6
+
+
+# ---- data building ----
+@pytest.fixture(scope="module")
+def stories():
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    path = need_data("models", "stories260K")
+    tok = AutoTokenizer.from_pretrained(path)
+    model = AutoModelForCausalLM.from_pretrained(path).eval()
+    return path, model, tok
+
+
+def test_hit_maps_to_the_token_that_wrote_its_first_character(stories):
+    from cull.evaluate import Generation
+
+    _, _, tok = stories
+    text = "The sun was up. Once upon a time, there was a cat."
+    ids = tok(text, add_special_tokens=False)["input_ids"]
+    gen = Generation(0, [tok.bos_token_id], ids, tok.decode(ids, skip_special_tokens=True))
+    [(phrase, ti)] = hits_in(gen, tok, cull.PhraseSet([PHRASE]))
+    assert phrase == PHRASE
+    start = gen.text.index("Once")
+    assert tok.decode(ids[:ti], skip_special_tokens=True) == gen.text[:start].rstrip()
+    assert tok.convert_ids_to_tokens(ids[ti]).lstrip("\u2581").startswith("On")
+    ends = char_ends(tok, ids)
+    assert ends[-1] == len(gen.text)
+    assert token_at_char(ends, 0) == 0
+
+
+def test_build_data_examples(stories):
+    from cull.finetune import build_data
+
+    _, model, tok = stories
+    rules = cull.PhraseSet([PHRASE])
+    data = build_data(model, tok, rules, [""], n_samples=16, max_new_tokens=10, seed=0, progress=False)
+    assert data.stats["hits"] > 0 and data.preference
+    for ex in data.preference:
+        text = tok.decode(ex.context + [ex.rejected], skip_special_tokens=True)
+        assert text.lower().endswith("once")  # the rejected token writes the phrase's first character
+        assert ex.rejected not in ex.chosen and ex.chosen
+        for c in ex.chosen:  # chosen alternatives start no banned phrase
+            assert not tok.decode(ex.context + [c], skip_special_tokens=True).lower().endswith("once")
+    # one context (BOS) and one (phrase, token) pair: down-sampled to a single example
+    assert len(data.preference) == 1
+    assert data.retain and all(len(r.top_ids) == len(r.positions) for r in data.retain)
+
+
+def test_no_hits_is_a_clear_error(stories):
+    from cull.finetune import build_data
+
+    _, model, tok = stories
+    with pytest.raises(CullError, match="elicit"):
+        build_data(model, tok, cull.PhraseSet(["quantum chromodynamics"]), [""], n_samples=4, max_new_tokens=8,
+                   progress=False)
+
+
+def test_chat_prompts_on_a_model_without_chat_template(stories, tmp_path):
+    from cull.finetune import FinetuneConfig, finetune
+
+    _, model, tok = stories
+    with pytest.raises(CullError, match="no chat template"):
+        finetune(model, tok, [PHRASE], ["hi"], tmp_path, FinetuneConfig(steps=1, chat=True), progress=False)
+
+
+def test_batch_size_is_bounded():
+    from cull.finetune import FinetuneConfig
+
+    with pytest.raises(CullError, match="bound"):
+        FinetuneConfig(batch_size=100_000).check()
+
+
+def test_missing_model_path(tmp_path):
+    from cull.finetune.train import load_model_for_finetune
+
+    with pytest.raises(CullError, match="not found"):
+        load_model_for_finetune(str(tmp_path / "nope"))
+
+
+# ---- acceptance: fine-tune "Once upon a time" away on stories260K ----
+def _rate(model, tok, n=64, seed=1234):
+    from cull.evaluate import generate, hit_stats
+
+    gens = generate(model, tok, [""], n_samples=n, temperature=0.8, max_new_tokens=10, seed=seed,
+                    batch_size=n, progress=False)
+    return hit_stats(gens, cull.PhraseSet([PHRASE]))["rate_with_hit"]
+
+
+@pytest.mark.parametrize("full", [False, True], ids=["lora", "full"])
+def test_finetune_removes_once_upon_a_time(tmp_path, full):
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from cull.finetune import FinetuneConfig, finetune
+    from cull.evaluate import perplexity
+
+    t0 = time.perf_counter()
+    path = need_data("models", "stories260K")
+    tok = AutoTokenizer.from_pretrained(path)
+    model = AutoModelForCausalLM.from_pretrained(path).eval()
+    torch.manual_seed(0)
+    before = _rate(model, tok)
+    clean = ["One day, a little girl named Lily went to the park. She saw a big dog.",
+             "Tom liked to play with his red ball. He threw it high in the sky."]
+    ppl_before = perplexity(model, tok, clean, progress=False)["perplexity"]
+    cfg = FinetuneConfig(steps=30, lr=5e-3 if not full else 1e-3, full=full, n_samples=64,
+                         max_new_tokens=16, checkpoint_every=0)
+    finetune(model, tok, [PHRASE], [""], tmp_path, cfg, progress=False, say=lambda m: None)
+    tuned = AutoModelForCausalLM.from_pretrained(tmp_path).eval()  # the saved, merged model
+    after = _rate(tuned, tok)
+    ppl_after = perplexity(tuned, tok, clean, progress=False)["perplexity"]
+    assert before >= 0.6, f"the base model should write the phrase often, wrote it in {before:.0%}"
+    assert after <= 0.1 * before, f"phrase rate {before:.0%} -> {after:.0%}: less than a 90% cut"
+    assert ppl_after < 1.5 * ppl_before, f"clean perplexity {ppl_before:.3f} -> {ppl_after:.3f}"
+    summary = json.loads((tmp_path / "finetune.json").read_text())
+    assert summary["saved"] == "merged" and summary["data"]["hits"] > 0
+    assert time.perf_counter() - t0 < 120
+
+
+def test_resume_and_adapter_only(tmp_path, stories):
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from cull.finetune import FinetuneConfig, finetune
+
+    path = need_data("models", "stories260K")
+    tok = AutoTokenizer.from_pretrained(path)
+    cfg = FinetuneConfig(steps=10, lr=3e-3, n_samples=16, max_new_tokens=10, checkpoint_every=4, adapter_only=True)
+    model = AutoModelForCausalLM.from_pretrained(path)
+    finetune(model, tok, [PHRASE], [""], tmp_path, cfg, progress=False, base_path=str(path), say=lambda m: None)
+    first = json.loads((tmp_path / "finetune.json").read_text())
+    assert first["saved"] == "adapter" and (tmp_path / "adapter_config.json").is_file()
+    loaded = AutoModelForCausalLM.from_pretrained(tmp_path)  # transformers loads the adapter through peft
+    assert any("lora" in n for n, _ in loaded.named_parameters())
+
+    # an interrupted run: stop after 8 steps (checkpoint at 4 and 8 is kept), then resume to 10
+    out2 = tmp_path / "resumed"
+    cfg8 = FinetuneConfig(**{**cfg.__dict__, "steps": 9, "checkpoint_every": 4})
+    finetune(AutoModelForCausalLM.from_pretrained(path), tok, [PHRASE], [""], out2, cfg8, progress=False,
+             say=lambda m: None, keep_checkpoints=True)
+    assert (out2 / "checkpoints" / "step-8").is_dir()
+    msgs = []
+    finetune(AutoModelForCausalLM.from_pretrained(path), tok, [PHRASE], [""], out2, cfg, resume=True,
+             progress=False, say=msgs.append)
+    assert any("step 8" in m for m in msgs)
+    resumed = json.loads((out2 / "finetune.json").read_text())
+    assert resumed["log"][-1]["step"] == 9
