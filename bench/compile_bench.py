@@ -18,7 +18,7 @@ import torch
 
 import cull
 from bench.common import data_dir, interleaved_medians, markdown_table, median_time, plot_lines, write_results
-from cull.compile_rules import as_vocab
+from cull.compile_cache import as_vocab
 from cull.kernels import apply_rules
 
 TEXTS = ["It is a testament to the", "She let out a breath she didn't know she was", "The rich tapestry of",

@@ -16,8 +16,20 @@ __all__ = [
     "RuleError", "find", "__version__",
 ]
 
-from .compile_rules import compile_rules  # noqa: E402
-from .compiled import CompiledMatcher  # noqa: E402
-from .processor import CullLogitsProcessor, token_sequence_processor  # noqa: E402
+_LAZY = {  # imported on first use, so `cull --help` does not wait for torch
+    "compile_rules": ".compile_cache",
+    "CompiledMatcher": ".compiled",
+    "CullLogitsProcessor": ".processor",
+    "token_sequence_processor": ".processor",
+}
+__all__ += list(_LAZY)
 
-__all__ += ["CompiledMatcher", "CullLogitsProcessor", "compile_rules", "token_sequence_processor"]
+
+def __getattr__(name):
+    if name in _LAZY:
+        import importlib
+
+        value = getattr(importlib.import_module(_LAZY[name], __name__), name)
+        globals()[name] = value
+        return value
+    raise AttributeError(f"module 'cull' has no attribute {name!r}")

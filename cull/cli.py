@@ -12,9 +12,8 @@ from . import __version__
 from .errors import CullError, MissingExtraError
 
 # Subcommands whose implementation is tracked by a later issue.
-LATER = {"bench": 6, "finetune": 7, "eval": 8, "discover": 9}
+LATER = {"finetune": 4, "eval": 4, "discover": 4}
 LATER_HELP = {
-    "bench": "measure the processor's overhead and draw plots",
     "finetune": "fine-tune a model so that it stops writing the phrases",
     "eval": "count the phrase hits in a model's outputs",
     "discover": "find the phrases a model over-uses",
@@ -127,17 +126,17 @@ def cmd_generate(args) -> int:
     if prompt is None:
         if sys.stdin is None or sys.stdin.isatty():
             raise UsageError("no prompt: pass --prompt TEXT (or pipe the prompt on stdin)")
-        prompt = sys.stdin.read()
+        prompt = sys.stdin.read().rstrip("\n")
     rules = load_rules(args) if (args.phrases or args.phrase) else None
-    _quiet_transformers()
     _, err = _consoles()
     folder, gguf = resolve_model(args.model, say=err.log)
+    _quiet_transformers()
     with err.status("Loading the model ...") as status:
         def say(msg):
             err.log(msg)
             status.update(msg)
 
-        model, tok = load_model(folder / gguf if gguf else folder, threads=args.threads, say=say)
+        model, tok = load_model(folder / gguf if gguf else folder, threads=args.threads, say=say, quiet=True)
         proc = None
         if rules is not None:
             status.update(f"Compiling {len(rules)} phrases ...")
@@ -148,12 +147,17 @@ def cmd_generate(args) -> int:
         sys.stdout.write(piece)
         sys.stdout.flush()
 
-    r = generate_text(model, tok, prompt, proc, max_new_tokens=args.max_new_tokens, do_sample=args.sample,
-                      temperature=args.temperature, seed=args.seed, stream=stream,
-                      chat=False if args.raw else None)
+    sample = args.sample or args.temperature is not None
+    r = generate_text(model, tok, prompt, proc, max_new_tokens=args.max_new_tokens, do_sample=sample,
+                      temperature=1.0 if args.temperature is None else args.temperature, seed=args.seed,
+                      stream=stream, chat=False if args.raw else None)
     sys.stdout.write("\n")
     sys.stdout.flush()
-    what = f"cull: {len(rules)} phrase{'s' * (len(rules) != 1)}" if rules is not None else "no phrases"
+    what = "no phrases"
+    if rules is not None:
+        n_ban = sum(rule.action == "ban" for rule in rules)
+        what = ", ".join(part for part in (f"{n_ban} phrase{'s' * (n_ban != 1)} banned" if n_ban else "",
+                                           f"{len(rules) - n_ban} biased" if len(rules) > n_ban else "") if part)
     err.print(f"[dim]{r.n_tokens} tokens in {r.seconds:.2f} s ({r.tokens_per_s:.1f} tok/s), {what}[/]")
     return 0
 
@@ -164,12 +168,12 @@ def cmd_compile(args) -> int:
     from .models import load_tokenizer, resolve_model
 
     rules = load_rules(args)
-    _quiet_transformers()
     out, err = _consoles()
     source = args.tokenizer
     if source is None or not Path(source).expanduser().is_dir():
         folder, gguf = resolve_model(source, say=err.log)  # checks the path, downloads the default
         source = folder / gguf if gguf else folder
+    _quiet_transformers()
     with err.status(f"Loading the tokenizer from {source} ...") as status:
         def say(msg):
             err.log(msg)
@@ -179,7 +183,7 @@ def cmd_compile(args) -> int:
     t0 = time.perf_counter()
     matcher = cull.compile_rules(rules, tok, cache=not args.no_cache, progress=True)
     wall = time.perf_counter() - t0
-    cached = "format" in matcher.meta  # only a matcher read back from the cache carries it
+    cached = bool(matcher.meta.get("from_cache"))
     stats = matcher.stats()
     info = {"tokenizer": str(source), "vocab": matcher.n_tokens, "rules": len(rules), **stats,
             "seconds": round(wall, 4), "from_cache": cached,
@@ -238,6 +242,22 @@ def cmd_scan(args) -> int:
     return 0
 
 
+def cmd_bench(args) -> int:
+    """Run a benchmark from bench/ (a source checkout: the benchmarks are not installed)."""
+    import importlib
+
+    root = Path(__file__).resolve().parents[1]
+    if not (root / "bench" / f"{args.which}_bench.py").exists():
+        _error(f"cull bench needs a source checkout of cull (bench/ beside cull/), not found under {root}")
+        return 2
+    if str(root) not in sys.path:
+        sys.path.insert(0, str(root))
+    mod = importlib.import_module(f"bench.{args.which}_bench")
+    argv = (["--quick"] if args.quick else []) + (["--gpu"] if args.gpu else []) + \
+        (["--out", args.out] if args.out else [])
+    return int(mod.main(argv) or 0)
+
+
 def cmd_later(args) -> int:
     _error(f"cull {args.command} is not available yet: see issue {LATER[args.command]}")
     return 2
@@ -255,7 +275,7 @@ def build_parser() -> argparse.ArgumentParser:
     def model_options(p):
         p.add_argument("--model", default=None, metavar="PATH",
                        help="HF model folder or .gguf file (default: SmolLM2-135M-Instruct, no hub needed)")
-        p.add_argument("--threads", type=_positive("--threads"), default=None,
+        p.add_argument("--threads", type=_positive("--threads"), default=None, metavar="N",
                        help="CPU threads for torch (default: the idle cores)")
         p.add_argument("--backend", choices=("auto", "torch", "triton", "reference"), default="auto",
                        help="processor kernel backend (default: auto)")
@@ -265,7 +285,8 @@ def build_parser() -> argparse.ArgumentParser:
                                    "517-phrase list hard-banned, and compare.")
     model_options(p)
     p.add_argument("--phrases", default=None, metavar="FILE", help="phrase file (default: antislop's 517)")
-    p.add_argument("--max-new-tokens", type=_positive("--max-new-tokens"), default=120)
+    p.add_argument("--max-new-tokens", type=_positive("--max-new-tokens"), default=120, metavar="N",
+                   help="new tokens per answer (default: 120)")
     p.add_argument("--prompts", type=_positive("--prompts"), default=3, metavar="N", help="how many prompts (1-6)")
     p.add_argument("--json", default=None, metavar="PATH", help="also write the results as JSON")
     p.set_defaults(func=cmd_demo)
@@ -276,10 +297,11 @@ def build_parser() -> argparse.ArgumentParser:
     _add_phrase_options(p)
     p.add_argument("--prompt", default=None, help="the prompt (default: read stdin)")
     p.add_argument("--raw", action="store_true", help="send the prompt as is, without the chat template")
-    p.add_argument("--max-new-tokens", type=_positive("--max-new-tokens"), default=200)
+    p.add_argument("--max-new-tokens", type=_positive("--max-new-tokens"), default=200, metavar="N",
+                   help="new tokens at most (default: 200)")
     p.add_argument("--sample", action="store_true", help="sample instead of greedy decoding")
-    p.add_argument("--temperature", type=float, default=1.0, help="sampling temperature (with --sample)")
-    p.add_argument("--seed", type=int, default=None, help="random seed (with --sample)")
+    p.add_argument("--temperature", type=float, default=None, metavar="T", help="sampling temperature (implies --sample)")
+    p.add_argument("--seed", type=int, default=None, metavar="N", help="random seed (with --sample)")
     p.add_argument("--include-prompt", action="store_true",
                    help="also catch phrases that start in the prompt")
     p.set_defaults(func=cmd_generate)
@@ -299,10 +321,19 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("files", nargs="+", metavar="FILE", help=".txt/.md/.jsonl files or folders")
     _add_phrase_options(p, modes=False)
     p.add_argument("--per-line", action="store_true", help="each line of a .txt file is a document")
-    p.add_argument("--field", default="text", help="the JSONL field holding the text (default: text)")
-    p.add_argument("--top", type=_positive("--top"), default=30, help="phrases to list (default: 30)")
+    p.add_argument("--field", default="text", metavar="NAME", help="the JSONL field holding the text (default: text)")
+    p.add_argument("--top", type=_positive("--top"), default=30, metavar="N", help="phrases to list (default: 30)")
     p.add_argument("--json", action="store_true", help="print the counts as JSON")
     p.set_defaults(func=cmd_scan)
+
+    p = sub.add_parser("bench", help="measure compile time, per-step cost and end-to-end overhead, with plots",
+                       description="Run a benchmark: correctness first, then timings; JSON, a markdown "
+                                   "table and a PNG plot go to bench/results/.")
+    p.add_argument("which", choices=("compile", "kernel", "e2e"), help="which benchmark")
+    p.add_argument("--quick", action="store_true", help="a small, fast version")
+    p.add_argument("--gpu", action="store_true", help="the CUDA version (kernel, e2e)")
+    p.add_argument("--out", default=None, metavar="DIR", help="results folder (default: bench/results)")
+    p.set_defaults(func=cmd_bench)
 
     for name, issue in LATER.items():
         p = sub.add_parser(name, help=f"{LATER_HELP[name]} (not available yet: issue {issue})",

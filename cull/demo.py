@@ -70,7 +70,7 @@ def run_demo(*, model=None, phrases=None, max_new_tokens: int = 120, n_prompts: 
             err.log(msg)
             status.update(msg)
 
-        model_obj, tok = load_model(where, threads=threads, say=say)
+        model_obj, tok = load_model(where, threads=threads, say=say, quiet=True)
         load_s = time.perf_counter() - t0
         say(f"Model loaded in {load_s:.1f} s. Compiling {len(rules)} phrases against its vocabulary ...")
         t1 = time.perf_counter()
@@ -83,6 +83,7 @@ def run_demo(*, model=None, phrases=None, max_new_tokens: int = 120, n_prompts: 
 
         rows = []
         for i, prompt in enumerate(prompts, 1):
+            status.update(f"[{i}/{len(prompts)}] {prompt}")
             row = {"prompt": prompt}
             for label, p in (("without", None), ("with", proc)):
                 r = generate_text(model_obj, tok, prompt, p, max_new_tokens=max_new_tokens,
@@ -90,9 +91,10 @@ def run_demo(*, model=None, phrases=None, max_new_tokens: int = 120, n_prompts: 
                                   time_processor=p is not None)
                 row[label] = _result_row(r, find(r.text, rules))
             rows.append(row)
-            status.stop()  # print above the spinner, not through it
+            status.stop()  # print between spinners, not through one
             render_prompt(row, i, len(prompts), console)
-            status.start()
+            if i < len(prompts):
+                status.start()
 
     import torch
 
@@ -212,8 +214,12 @@ def render_summary(results: dict, console) -> None:
         f"Overhead: the processor took [bold]{tot['processor_ms_per_token']:.2f} ms per token, "
         f"{tot['processor_share_pct']:.2f}%[/] of decoding time.")
     ratio, spread = tot["speed_ratio_pct"], tot["run_spread_pct"]
-    noise = (f"; single runs varied by {spread:.0f}%, so the difference is within the noise"
-             if spread is not None and abs(100.0 - ratio) < spread else "")
+    if spread is None:
+        noise = "; end-to-end speed moves with the machine's load"
+    elif abs(100.0 - ratio) < spread:
+        noise = f"; single runs varied by {spread:.0f}%, so the difference is within the noise"
+    else:
+        noise = ""
     console.print(
         f"End to end: {tot['tokens_per_s_with']:.1f} tok/s with cull vs {tot['tokens_per_s_without']:.1f} "
         f"without, {ratio:.1f}% of the speed ({threads} CPU thread{'s' * (threads != 1)}{noise}).")

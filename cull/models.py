@@ -13,7 +13,9 @@ Set ``CULL_CONVERT_GGUF=0`` to turn the copy off.
 """
 from __future__ import annotations
 
+import contextlib
 import hashlib
+import io
 import os
 import shutil
 import subprocess
@@ -197,6 +199,8 @@ def _save_atomically(obj_save: Callable[[Path], None], dest: Path, say: Say) -> 
             if tmp.exists():
                 shutil.rmtree(tmp, ignore_errors=True)
     except OSError as exc:  # a full disk or a read-only cache only costs speed next time
+        if dest.exists():
+            return  # another process cached it first
         say(f"note: could not cache a converted copy in {dest.parent} ({exc.strerror or exc})")
 
 
@@ -228,10 +232,11 @@ def _is_tokenizer_dir(p) -> bool:
 
 
 def load_model(path_or_name=None, dtype=None, *, download: bool = True, threads: int | None = None,
-               say: Say = _say_stderr):
+               say: Say = _say_stderr, quiet: bool = False):
     """Load (model, tokenizer) from a local HF folder, a .gguf file, or the default model; no hub.
 
-    `dtype` defaults to float32. The model is put in eval mode on the CPU."""
+    `dtype` defaults to float32. The model is put in eval mode on the CPU. `quiet` hides the
+    progress bar of the GGUF conversion (for callers that show their own spinner)."""
     torch = require("torch", "hf")
     require("transformers", "hf")
     from transformers import AutoModelForCausalLM
@@ -250,8 +255,9 @@ def load_model(path_or_name=None, dtype=None, *, download: bool = True, threads:
             require("gguf", "hf")
             require("accelerate", "hf")
             say(f"Converting {gguf} to a plain model (first time only, ~10-60 s)")
-            model = _call_hf(AutoModelForCausalLM.from_pretrained, folder, gguf_file=gguf,
-                             local_files_only=True)
+            with contextlib.redirect_stderr(io.StringIO()) if quiet else contextlib.nullcontext():
+                model = _call_hf(AutoModelForCausalLM.from_pretrained, folder, gguf_file=gguf,
+                                 local_files_only=True)
             if conv is not None:
                 say(f"Caching the converted model in {conv.parent}")
                 _save_atomically(lambda d: _save_plain(model, d), conv, say)

@@ -57,7 +57,7 @@ class CullLogitsProcessor:
             if tokenizer is None:
                 raise CullError("CullLogitsProcessor needs the model's tokenizer to compile phrases; "
                                 "pass it as the second argument")
-            from .compile_rules import compile_rules
+            from .compile_cache import compile_rules
 
             self.matcher = compile_rules(rules, tokenizer, vocab_size=vocab_size, cache=cache)
         from cull.kernels import resolve_backend  # validates the name now, not at the first step

@@ -61,7 +61,7 @@ def setup(name):
 
     tok = AutoTokenizer.from_pretrained(need_data(*TOKENIZERS[name]))
     proc = cull.CullLogitsProcessor(PHRASES, tok, cache=False)
-    vocab = cull.compile_rules.__globals__["as_vocab"](tok)
+    vocab = __import__("cull.compile_cache", fromlist=["as_vocab"]).as_vocab(tok)
     by_bytes = {}
     for i, b in enumerate(vocab.token_bytes):
         if b and i not in vocab.special_ids:

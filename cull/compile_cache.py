@@ -23,7 +23,7 @@ def _progress_printer(enabled: bool):
     try:
         from rich.console import Console
 
-        console = Console(stderr=True)
+        console = Console(stderr=True, log_path=False)
         return lambda msg: console.log(f"[cull compile] {msg}")
     except ImportError:
         return lambda msg: print(f"[cull compile] {msg}", file=sys.stderr)
@@ -51,7 +51,9 @@ def compile_rules(
     path = cache_dir() / f"{key}.npz"
     if cache and path.exists():
         try:
-            return CompiledMatcher.load(path, vocab.token_bytes)
+            matcher = CompiledMatcher.load(path, vocab.token_bytes)
+            matcher.meta["from_cache"] = True
+            return matcher
         except CullError:
             path.unlink(missing_ok=True)  # a corrupt or stale cache file is rebuilt, not trusted
     t0 = time.perf_counter()
@@ -60,7 +62,7 @@ def compile_rules(
     meta = {"n_patterns": int(tables["n_patterns"]), "depth": int(tables["depth"]),
             "n_tokens": len(vocab.token_bytes), "compile_s": time.perf_counter() - t0,
             "perm_off": [int(x) for x in tables["perm_off"]],
-            "timings": tables["timings"]}
+            "timings": tables["timings"], "from_cache": False}
     matcher = CompiledMatcher(tables, vocab.token_bytes, mode="text", fold_case=rules.options.ignore_case,
                               meta=meta)
     if cache:
