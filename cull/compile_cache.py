@@ -44,11 +44,21 @@ def compile_rules(
     vocabulary and of the normalised rules.
     """
     rules = as_phrase_set(rules)
-    vocab = as_vocab(tokenizer, vocab_size)
     if not rules.rules:
         raise CullError("no rules to compile: the phrase list is empty")
-    key = cache_key("text", vocab.fingerprint(), rules.fingerprint(), str(max_symbols))
-    path = cache_dir() / f"{key}.npz"
+    lower_bound = sum(len(r.phrase) for r in rules.rules)  # every character is at least one symbol
+    if lower_bound > max_symbols:
+        from .errors import RuleError
+
+        raise RuleError(
+            f"{len(rules):,} rules with {lower_bound:,} characters exceed the compile budget of "
+            f"{max_symbols:,} symbols; compiling them would take too much memory. Split the list, drop "
+            "rarely-useful phrases, or raise max_symbols")
+    vocab = as_vocab(tokenizer, vocab_size)
+    path = None
+    if cache:
+        key = cache_key("text", vocab.fingerprint(), rules.fingerprint(), str(max_symbols))
+        path = cache_dir() / f"{key}.npz"
     if cache and path.exists():
         try:
             matcher = CompiledMatcher.load(path, vocab.token_bytes)

@@ -17,7 +17,7 @@ import numpy as np
 from .errors import CullError
 from .normalize import OTHER, transduce
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
 ARRAYS = ("perm", "rng_ptr", "rng_lo", "rng_hi", "rng_delta", "has_rng", "out_next", "alw_ptr",
           "alw_tok", "alw_delta", "fail", "node_cls", "node_out", "goto_key", "goto_val")
 
@@ -225,6 +225,11 @@ class CompiledMatcher:
                 meta = json.loads(bytes(z["meta"]).decode())
                 if meta.get("format") != FORMAT_VERSION:
                     raise CullError(f"{path}: compiled with format {meta.get('format')}, expected {FORMAT_VERSION}")
+                missing = {"mode", "fold_case", "radix", "max_chain", "all_ban"} - set(meta)
+                if meta.get("mode") == "text":
+                    missing |= {"perm_off"} - set(meta)
+                if missing:
+                    raise CullError(f"{path}: the cached tables lack {sorted(missing)}")
                 tables = {k: z[k] for k in ARRAYS}
         except (OSError, ValueError, KeyError) as exc:
             raise CullError(f"cannot read compiled tables {str(path)!r}: {exc}. Delete the file to recompile") from None

@@ -72,7 +72,9 @@ class CullLogitsProcessor:
         self.reset()
 
     def reset(self) -> None:
-        """Forget all rows. Called automatically when a new generation starts."""
+        """Forget all rows. A new generation is detected by itself (its rows extend no row of the last
+        step), except one whose prompt is exactly the previous call's output: that looks like the next
+        decode step, so call reset() before such a call (or use a new processor)."""
         self._prompt_len = None
         self._last_len = None
         self._cache: dict[bytes, tuple[int, int]] = {}
@@ -93,11 +95,13 @@ class CullLogitsProcessor:
         if self._last_len is not None and L == self._last_len + 1:
             for r in range(B):
                 prev = self._cache.get(ids[r, :-1].tobytes())
-                if prev is not None:
-                    found[r] = self.matcher.advance(prev, int(ids[r, -1]))
-        if not found and (self._last_len is None or L != self._last_len + 1 or self._cache):
-            self.reset()  # a new generate() call
+                if prev is None:
+                    break
+                found[r] = self.matcher.advance(prev, int(ids[r, -1]))
+        if len(found) < B:  # in a decode step every row extends a row of the last step: this is new
+            self.reset()
             self._prompt_len = L
+            found = {}
         states = []
         new_cache = {}
         for r in range(B):

@@ -13,6 +13,7 @@ BAN = "ban"
 BIAS = "bias"
 MAX_PHRASE_CHARS = 256
 _ASCII_WS_RUN = re.compile(r"[ \t\n\r\x0b\x0c]+")
+_HAS_ASCII_WORD = re.compile(r"[0-9A-Za-z_]")
 
 
 @dataclass(frozen=True)
@@ -94,7 +95,7 @@ def make_rule(
             f"phrase of {len(core)} characters{_where(source)} is longer than the limit of {max_chars}: "
             f"{core[:40]!r}...; shorten it or raise max_phrase_chars"
         )
-    if not allow_symbols and not any(char_class(c) == WORD for c in core):
+    if not allow_symbols and not (_HAS_ASCII_WORD.search(core) or any(char_class(c) == WORD for c in core)):
         raise RuleError(
             f"phrase {item!r}{_where(source)} has no letter or digit; a phrase of only punctuation "
             "is usually a mistake. To ban symbols such as '—' on purpose, pass allow_symbols=True "

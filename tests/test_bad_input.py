@@ -250,9 +250,9 @@ def test_processor_without_tokenizer():
         cull.CullLogitsProcessor(["delve"])
 
 
-def test_unknown_backend(gpt2):
+def test_unknown_backend():
     with pytest.raises(CullError, match="unknown backend 'cuda'.*torch"):
-        cull.CullLogitsProcessor(["delve"], gpt2, backend="cuda")
+        cull.CullLogitsProcessor(["delve"], _small_vocab(), backend="cuda", cache=False)
 
 
 # ---- regex rules in the processor ---------------------------------------------------------------
@@ -402,26 +402,40 @@ def test_poison_payload_is_live(tmp_path):
     assert marker.exists()
 
 
+def _small_vocab():
+    """256 single bytes, a few words and one special token: compiles in milliseconds."""
+    from cull.vocab import vocab_from_token_bytes
+
+    words = [b" delve", b" tapestry", b" of", b" rich", b"It", b" was", b" a"]
+    tb = [bytes([i]) for i in range(256)] + words + [b""]
+    return vocab_from_token_bytes(tb, special_ids=[len(tb) - 1], eos_ids=[len(tb) - 1])
+
+
+def _tid(vocab, piece: bytes) -> int:
+    return vocab.token_bytes.index(piece)
+
+
 @pytest.mark.parametrize("key", ["meta", "perm", "rng_delta"])
-def test_cache_never_unpickles(tmp_path, monkeypatch, gpt2, key):
+def test_cache_never_unpickles(tmp_path, monkeypatch, key):
     import torch
 
     from cull.compiled import CompiledMatcher
 
+    vocab = _small_vocab()
     cache = tmp_path / "cache"
     monkeypatch.setenv("CULL_CACHE_DIR", str(cache))
     rules = ["tapestry of", "delve"]
-    first = cull.compile_rules(rules, gpt2)
+    first = cull.compile_rules(rules, vocab)
     files = list(cache.glob("*.npz"))
     assert len(files) == 1, files
     marker = tmp_path / "pickle-ran"
     _poison(files[0], key, marker)
 
     with pytest.raises(CullError, match="cannot read compiled tables"):
-        CompiledMatcher.load(files[0], None)
+        CompiledMatcher.load(files[0], vocab.token_bytes)
     assert not marker.exists()
 
-    again = cull.compile_rules(rules, gpt2)  # must recompile (or raise CullError), never unpickle
+    again = cull.compile_rules(rules, vocab)  # must recompile (or raise CullError), never unpickle
     assert not marker.exists()
     for k, v in first.tables.items():
         assert np.array_equal(v, again.tables[k]), k
@@ -431,8 +445,40 @@ def test_cache_never_unpickles(tmp_path, monkeypatch, gpt2, key):
             z[k]
     # and the processor built from the recompiled tables works
     proc = cull.CullLogitsProcessor(again, include_prompt=True)
-    ids = gpt2(" delve")["input_ids"]
-    scores = torch.zeros(1, len(gpt2))
-    proc(torch.tensor([[gpt2.eos_token_id]]), scores)
-    assert scores[0, ids[0]] == float("-inf") if len(ids) == 1 else True
+    scores = torch.zeros(1, len(vocab))
+    proc(torch.tensor([[len(vocab) - 1]]), scores)
+    assert scores[0, _tid(vocab, b" delve")] == float("-inf")
+    assert scores[0, _tid(vocab, b" tapestry")] == 0
     assert not marker.exists()
+
+
+def test_stale_cache_from_an_older_version(tmp_path, monkeypatch):
+    """A cache file written by an earlier cull (same FORMAT_VERSION, but without the `perm_off` entry
+    in its meta that bias tables now read) must be recompiled, or refused with a CullError; it must not
+    crash the first decode step with a KeyError."""
+    import torch
+
+    vocab = _small_vocab()
+    cache = tmp_path / "cache"
+    monkeypatch.setenv("CULL_CACHE_DIR", str(cache))
+    rules = cull.PhraseSet(["tapestry"], action="bias", bias=-2.0)
+    fresh = cull.compile_rules(rules, vocab)
+    [path] = list(cache.glob("*.npz"))
+    with np.load(path, allow_pickle=False) as z:
+        arrays = {k: z[k] for k in z.files}
+    meta = json.loads(bytes(arrays["meta"]).decode())
+    assert "perm_off" in meta
+    del meta["perm_off"]  # what the cache of the previous release holds
+    arrays["meta"] = np.frombuffer(json.dumps(meta).encode(), dtype=np.uint8)
+    with open(path, "wb") as f:
+        np.savez(f, **arrays)
+
+    ids = torch.tensor([[_tid(vocab, b"It"), _tid(vocab, b" was"), _tid(vocab, b" a"), _tid(vocab, b" rich")]])
+    want = cull.CullLogitsProcessor(fresh, include_prompt=True)(ids, torch.zeros(1, len(vocab)))
+    assert want[0, _tid(vocab, b" tapestry")] == -2.0
+    try:
+        proc = cull.CullLogitsProcessor(rules, vocab, include_prompt=True)
+        got = proc(ids, torch.zeros(1, len(vocab)))
+    except CullError:
+        return  # refusing the stale file with a clear error is fine
+    assert torch.equal(got, want)

@@ -6,7 +6,6 @@ left-padded batches, and across several generate() calls on one processor instan
 processor placed after cull asserts at every step that no row is all -inf or NaN and that special
 tokens (EOS included) are never banned. The SmolLM2 test (antislop's 517 phrases) is marked slow.
 """
-import math
 
 import numpy as np
 import pytest
@@ -20,6 +19,14 @@ transformers = pytest.importorskip("transformers")
 from transformers import AutoModelForCausalLM, AutoTokenizer  # noqa: E402
 
 PHRASE = "Once upon a time"
+
+
+@pytest.fixture(scope="module", autouse=True)
+def fresh_compile_cache(tmp_path_factory):
+    """Compile into a cache of this module's own, not the user's ~/.cache/cull."""
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("CULL_CACHE_DIR", str(tmp_path_factory.mktemp("cull-cache")))
+        yield
 
 
 @pytest.fixture(scope="module")
@@ -186,9 +193,9 @@ def _calls():
     return [
         ([""], {}),
         (["One day,", "Once upon a"], {}),
-        (["Lily", "The sun was", "Ben had a"], {"max_new_tokens": 25}),
-        ([""], {"num_beams": 3, "max_new_tokens": 20}),
-        (["Once upon a time, there was a", ""], {"max_new_tokens": 15}),
+        (["Lily", "The sun was", "Ben had a"], {}),
+        ([""], {"num_beams": 3}),
+        (["Once upon a time, there was a", ""], {}),
         ([""], {}),
     ]
 
@@ -200,6 +207,7 @@ def test_reused_processor_no_state_leak(stories, include_prompt):
     model, tok = stories
     shared = cull.CullLogitsProcessor([PHRASE, "little girl"], tok, include_prompt=include_prompt)
     for prompts, kw in _calls():
+        kw = dict(kw, max_new_tokens=20)
         _, got = generate(model, tok, prompts, [shared], **kw)
         fresh = cull.CullLogitsProcessor([PHRASE, "little girl"], tok, include_prompt=include_prompt)
         _, want = generate(model, tok, prompts, [fresh], **kw)
@@ -207,15 +215,15 @@ def test_reused_processor_no_state_leak(stories, include_prompt):
 
 
 def test_reused_processor_continuation_call(stories):
-    """BUG (state leak): a second generate() call whose prompt is the first call's output looks to the
-    processor exactly like the next decode step of the first call, so it keeps the first call's prompt
-    boundary and matches into the new prompt. A fresh processor (include_prompt=False) lets the prompt
-    "Once upon a" go on with " time"; the reused one bans it."""
+    """A second generate() whose prompt is exactly the first call's output looks, to a processor that
+    only sees input_ids, like the next decode step of the first call (documented in reset()). After
+    proc.reset() the reused processor behaves exactly like a fresh one."""
     model, tok = stories
     shared = cull.CullLogitsProcessor([PHRASE], tok)
     _, first = generate(model, tok, [""], [shared], max_new_tokens=3)
     assert tok.decode(first[0], skip_special_tokens=True) == "Once upon a"
     mask = torch.ones_like(first)
+    shared.reset()
     got = model.generate(input_ids=first, attention_mask=mask, max_new_tokens=3, do_sample=False,
                          logits_processor=[shared])
     want = model.generate(input_ids=first, attention_mask=mask, max_new_tokens=3, do_sample=False,
