@@ -91,7 +91,7 @@ def run(args) -> dict:
     # 2. data once, two trainings
     data = build_data(base, tok, rules, train_prompts, gens=gens, seed=args.seed, top_k=args.top_k,
                       max_per_pair=args.max_per_pair, retain_per_gen=args.retain_per_gen, chat=None,
-                      batch_size=args.gen_batch_size)
+                      batch_size=args.gen_batch_size, max_examples=args.max_examples)
     say(f"data: {data.stats['examples']} examples ({data.stats['examples_with_chosen']} with chosen), "
         f"{data.stats['retain_positions']} retain positions")
     variants = {"cull-ftpo": LossWeights(), "unlikelihood-only": LossWeights(preference=0.0, kl=0.0)}
@@ -212,6 +212,7 @@ def main(argv=None):
     p.add_argument("--top-k", type=int, default=8)
     p.add_argument("--max-per-pair", type=int, default=8)
     p.add_argument("--retain-per-gen", type=int, default=8)
+    p.add_argument("--max-examples", type=int, default=160)
     p.add_argument("--only-ftpo", action="store_true", help="skip the unlikelihood-only baseline")
     p.add_argument("--skip-processor-check", action="store_true")
     p.add_argument("--seed", type=int, default=0)

@@ -56,7 +56,7 @@ def load_prompts(path) -> list[str]:
             data = json.loads(p.read_text(encoding="utf-8"))
         except json.JSONDecodeError as exc:
             raise CullError(f"prompt file {str(p)!r} is not valid JSON: {exc}") from None
-        if isinstance(data, dict):
+        if isinstance(data, dict) and all(isinstance(v, list) for v in data.values()):
             data = [x for v in data.values() for x in v]
         if not isinstance(data, list) or not all(isinstance(x, str) for x in data):
             raise CullError(f"prompt file {str(p)!r} must hold a list of strings or {{category: [strings]}}")
@@ -161,6 +161,27 @@ def _oom_guard(fn, batch_size: int, what: str):
             raise CullError(f"ran out of memory during {what} at batch size {batch_size}; pass a smaller "
                             f"batch size (--batch-size {max(1, batch_size // 2)})") from None
         raise
+
+
+class BanCounter:
+    """Wraps a logits processor and counts its interventions: a ban event is a row-step where the
+    tokens it set to -inf held at least `threshold` of the model's probability."""
+
+    def __init__(self, processor, threshold: float = 0.01):
+        self.processor, self.threshold = processor, threshold
+        self.events, self.removed_mass, self.row_steps = 0, 0.0, 0
+
+    def __call__(self, input_ids, scores):
+        import torch
+
+        p = torch.softmax(scores.float(), -1)
+        was = torch.isinf(scores)
+        scores = self.processor(input_ids, scores)
+        removed = (p * (torch.isinf(scores) & ~was)).sum(-1)
+        self.events += int((removed >= self.threshold).sum())
+        self.removed_mass += float(removed.sum())
+        self.row_steps += scores.shape[0]
+        return scores
 
 
 # ---- metrics ----
@@ -351,6 +372,8 @@ def evaluate(model, tokenizer, rules, prompts: list[str], n_samples: int = 4, te
                "distinct_2": distinct_n([g.text for g in ref_sampled], 2)}
         if greedy and any(g.greedy for g in reference_gens):
             ref["greedy"] = hit_stats([g for g in reference_gens if g.greedy], rules, seed)
+        if clean_texts and reference_model is not None:
+            ref["clean"] = perplexity(reference_model, tokenizer, clean_texts, chat=chat, progress=progress)
         res["reference"] = ref
         res["over_represented"] = over_represented(texts, [g.text for g in ref_sampled])
         if reference_model is not None and reference_model is not model:
@@ -437,3 +460,17 @@ def write_report(res: dict, out) -> dict:
     plot_per_phrase(rows, base.with_suffix(".png"))
     return pub
 
+
+
+# ---- the `cull eval` command (its parser lives with `cull finetune`'s in cull/finetune/commands.py) ----
+def add_eval_parser(subparsers):
+    """Add `eval` to an argparse subparsers object (sets func=run_eval)."""
+    from .finetune.commands import add_eval_parser as add
+
+    return add(subparsers)
+
+
+def run_eval(args) -> int:
+    from .finetune.commands import run_eval as run
+
+    return run(args)

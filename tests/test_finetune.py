@@ -119,6 +119,50 @@ def test_build_data_examples(stories):
     assert data.retain and all(len(r.top_ids) == len(r.positions) for r in data.retain)
 
 
+def test_batched_step_loss_equals_unpadded_forwards(stories):
+    """Left-padded contexts with logits_to_keep, and retain positions gathered from a padded batch,
+    give the same loss as one plain forward per sequence."""
+    from cull.finetune import LossWeights, PreferenceExample, RetainExample
+    from cull.finetune.loss import total_loss
+    from cull.finetune.train import _step_loss
+
+    _, model, _ = stories
+    pref = [PreferenceExample([1, 5, 6, 7], 9, [3, 4], "x"), PreferenceExample([1, 8], 10, [11], "x")]
+    ret = [RetainExample([1, 5, 6, 7, 8], [2, 4], [[1, 2], [3, 4]], [[-1.0, -2.0], [-1.0, -3.0]]),
+           RetainExample([1, 9, 9], [1], [[5, 6]], [[-0.5, -2.0]])]
+    w = LossWeights()
+    with torch.no_grad():
+        got, _ = _step_loss(model, pref, ret, 0, w, "cpu")
+        pl = torch.stack([model(torch.tensor([e.context])).logits[0, -1] for e in pref])
+        rl = torch.cat([model(torch.tensor([r.ids])).logits[0, [p - 1 for p in r.positions]] for r in ret])
+        want, _ = total_loss(pl, torch.tensor([9, 10]), torch.tensor([[3, 4], [11, 0]]),
+                             torch.tensor([[True, True], [True, False]]), rl,
+                             torch.tensor([t for r in ret for t in r.top_ids]),
+                             torch.tensor([t for r in ret for t in r.top_logp]), w)
+    assert abs(got.item() - want.item()) < 1e-4
+
+
+def test_finetune_command_errors(tmp_path, stories):
+    from cull.finetune import add_finetune_parser
+
+    path, _, _ = stories
+    import argparse
+
+    parser = argparse.ArgumentParser()
+    add_finetune_parser(parser.add_subparsers(dest="command"))
+    args = parser.parse_args(["finetune", "--model", str(tmp_path / "nope"), "--phrase", PHRASE, "--out",
+                              str(tmp_path / "o")])
+    with pytest.raises(CullError, match="not found"):
+        args.func(args)
+    args = parser.parse_args(["finetune", "--model", str(path), "--out", str(tmp_path / "o")])
+    with pytest.raises(CullError, match="no phrases"):
+        args.func(args)
+    args = parser.parse_args(["finetune", "--model", str(path), "--phrase", PHRASE, "--out", str(tmp_path / "o"),
+                              "--full", "--adapter-only"])
+    with pytest.raises(CullError, match="adapter-only"):
+        args.func(args)
+
+
 def test_no_hits_is_a_clear_error(stories):
     from cull.finetune import build_data
 
@@ -216,3 +260,38 @@ def test_resume_and_adapter_only(tmp_path, stories):
     assert any("step 8" in m for m in msgs)
     resumed = json.loads((out2 / "finetune.json").read_text())
     assert resumed["log"][-1]["step"] == 9
+
+
+def test_bench_quick(tmp_path):
+    """The benchmark's --quick mode (stories260K) runs, so the benchmark cannot rot."""
+    import sys
+    from pathlib import Path
+
+    need_data("models", "stories260K")
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+    from bench.finetune_bench import main
+
+    out = main(["--quick", "--out-dir", str(tmp_path), "--work-dir", str(tmp_path / "work"),
+                "--skip-processor-check"])
+    rows = {r["name"]: r for r in out["rows"]}
+    assert rows["base"]["hits"] > 0 and rows["cull-ftpo"]["hits_reduction_pct"] >= 90
+    assert Path(out["path"]).with_suffix(".md").is_file()
+
+
+@pytest.mark.slow
+def test_smollm2_finetune_runs_and_loads(tmp_path):
+    """The real model: a short fine-tune on a few prompts writes a merged model that loads."""
+    from transformers import AutoModelForCausalLM
+
+    from cull.evaluate import load_prompts
+    from cull.finetune import FinetuneConfig, finetune
+    from cull.finetune.train import load_model_for_finetune
+
+    need_data("models", "smollm2-135m-instruct")
+    model, tok, base = load_model_for_finetune(None, say=lambda m: None)
+    prompts = load_prompts("train")[30:34]  # descriptions: "vibrant", "testament" and friends
+    rules = cull.PhraseSet(["vibrant", "a testament to", "tapestry", "whisper*", "symphony"])
+    cfg = FinetuneConfig(steps=4, n_samples=2, max_new_tokens=64, batch_size=2, retain_batch_size=1)
+    finetune(model, tok, rules, prompts, tmp_path, cfg, progress=False, base_path=base, say=lambda m: None)
+    tuned = AutoModelForCausalLM.from_pretrained(tmp_path)
+    assert tuned.config.vocab_size == model.config.vocab_size

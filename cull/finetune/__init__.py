@@ -10,3 +10,7 @@ from .train import FinetuneConfig, finetune
 
 __all__ = ["FinetuneConfig", "FinetuneData", "LossWeights", "PreferenceExample", "RetainExample", "build_data",
            "finetune", "preference_loss", "retain_kl", "unlikelihood_loss"]
+
+from .commands import add_eval_parser, add_finetune_parser, run_eval, run_finetune  # noqa: E402
+
+__all__ += ["add_eval_parser", "add_finetune_parser", "run_eval", "run_finetune"]

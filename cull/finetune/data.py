@@ -122,7 +122,7 @@ def build_data(model, tok, rules: PhraseSet, prompts: list[str], *, n_samples: i
                max_new_tokens: int = 128, seed: int = 0, top_k: int = 8, min_prob: float = 0.01,
                max_chosen: int = 4, max_per_pair: int = 8, lookahead: int = 6, retain_per_gen: int = 8,
                retain_top: int = 64, batch_size: int = 16, chat: bool | None = None, progress: bool = True,
-               gens: list[Generation] | None = None) -> FinetuneData:
+               gens: list[Generation] | None = None, max_examples: int | None = None) -> FinetuneData:
     """Sample the base model and turn its hits into preference examples and its clean text into a
     retain set (see the module docstring). Raises a CullError when there are no hits."""
     torch = require("torch", "hf")
@@ -151,6 +151,13 @@ def build_data(model, tok, rules: PhraseSet, prompts: list[str], *, n_samples: i
             f"({sum(len(g.gen_ids) for g in gens)} tokens), so there is nothing to train away. Use prompts "
             "that elicit them (e.g. the kind of writing where the model says them), more samples "
             "(--n-samples), longer generations (--max-new-tokens), or check the list with `cull eval`")
+    if max_examples and len(found) > max_examples:  # keep every phrase, then fill up at random
+        rng.shuffle(found)
+        first = {}
+        for f in found:
+            first.setdefault(f[1], f)
+        rest = [f for f in found if first[f[1]] is not f]
+        found = list(first.values()) + rest[:max(0, max_examples - len(first))]
     device = next(model.parameters()).device
     examples = []
     for g, phrase, ti, context in tqdm(found, desc="finding alternatives", disable=not progress, leave=False):
@@ -172,27 +179,30 @@ def build_data(model, tok, rules: PhraseSet, prompts: list[str], *, n_samples: i
 
 
 def build_retain(model, gens: list[Generation], rules, tok, *, per_gen: int, top: int, rng: random.Random,
-                 progress: bool = True) -> list[RetainExample]:
+                 progress: bool = True, batch_size: int = 16) -> list[RetainExample]:
     """Up to `per_gen` random positions per generation, other than those where a hit starts, with
     the base model's top-`top` log-probs there."""
     torch = require("torch", "hf")
     from tqdm.auto import tqdm
 
-    out = []
-    device = next(model.parameters()).device
-    for g in tqdm(gens, desc="retain set", disable=not progress or per_gen == 0, leave=False):
-        if per_gen == 0:
-            break
+    from ..evaluate import _right_pad, pad_id
+
+    todo = []
+    for g in gens if per_gen > 0 else []:
         skip = {len(g.prompt_ids) + ti for _, ti in hits_in(g, tok, rules)}
         ids = g.prompt_ids + g.gen_ids
         gen_pos = [p for p in range(len(g.prompt_ids), len(ids)) if p not in skip]
-        if not gen_pos:
-            continue
-        positions = sorted(rng.sample(gen_pos, min(per_gen, len(gen_pos))))
+        if gen_pos:
+            todo.append((ids, sorted(rng.sample(gen_pos, min(per_gen, len(gen_pos))))))
+    out = []
+    device = next(model.parameters()).device
+    for b in tqdm(range(0, len(todo), batch_size), desc="retain set", disable=not progress, leave=False):
+        chunk = todo[b:b + batch_size]
+        ids, mask = _right_pad([c[0] for c in chunk], pad_id(tok))
         with torch.inference_mode():
-            logp = torch.log_softmax(model(torch.tensor([ids], device=device)).logits[0].float(), -1)
-        sel = logp[torch.tensor(positions, device=device) - 1]
-        k = min(top, sel.shape[-1])
-        vals, idx = torch.topk(sel, k, dim=-1)
-        out.append(RetainExample(ids, positions, idx.tolist(), vals.tolist()))
+            logits = model(ids.to(device), attention_mask=mask.to(device)).logits
+        for i, (seq, positions) in enumerate(chunk):
+            sel = torch.log_softmax(logits[i, torch.tensor(positions, device=device) - 1].float(), -1)
+            vals, idx = torch.topk(sel, min(top, sel.shape[-1]), dim=-1)
+            out.append(RetainExample(seq, positions, idx.tolist(), vals.tolist()))
     return out

@@ -50,6 +50,7 @@ class FinetuneConfig:
     top_k: int = 8
     max_per_pair: int = 8
     retain_per_gen: int = 8
+    max_examples: int | None = None
     chat: bool | None = None
 
     def check(self) -> None:
@@ -105,14 +106,15 @@ def _batch(items, size, seed, step, rank, world):
 
 
 def _step_loss(model, pref, retain, pad, w: LossWeights, device):
+    """The loss of one batch. Only the logits that the loss reads are computed (`logits_to_keep`):
+    the last position of each left-padded context, and the retain positions."""
     import torch
 
-    pref_logits = rejected = chosen = cmask = None
-    ids, mask = _pad_right([e.context for e in pref], pad)
-    ids, mask = ids.to(device), mask.to(device)
-    logits = model(input_ids=ids, attention_mask=mask).logits
-    last = mask.sum(1) - 1
-    pref_logits = logits[torch.arange(len(pref), device=device), last]
+    width = max(len(e.context) for e in pref)
+    ids = torch.tensor([[pad] * (width - len(e.context)) + e.context for e in pref], device=device)
+    mask = torch.tensor([[0] * (width - len(e.context)) + [1] * len(e.context) for e in pref], device=device)
+    pos = (mask.cumsum(1) - 1).clamp(min=0)
+    pref_logits = model(input_ids=ids, attention_mask=mask, position_ids=pos, logits_to_keep=1).logits[:, -1]
     rejected = torch.tensor([e.rejected for e in pref], device=device)
     c = max(1, max(len(e.chosen) for e in pref))
     chosen = torch.tensor([e.chosen + [0] * (c - len(e.chosen)) for e in pref], device=device)
@@ -120,9 +122,12 @@ def _step_loss(model, pref, retain, pad, w: LossWeights, device):
     r_logits = top_ids = top_logp = None
     if retain and w.kl:
         rids, rmask = _pad_right([r.ids for r in retain], pad)
-        rl = model(input_ids=rids.to(device), attention_mask=rmask.to(device)).logits
+        keep = sorted({p - 1 for r in retain for p in r.positions})
+        where = {k: i for i, k in enumerate(keep)}
+        rl = model(input_ids=rids.to(device), attention_mask=rmask.to(device),
+                   logits_to_keep=torch.tensor(keep, device=device)).logits
         rows = torch.tensor([i for i, r in enumerate(retain) for _ in r.positions], device=device)
-        cols = torch.tensor([p - 1 for r in retain for p in r.positions], device=device)
+        cols = torch.tensor([where[p - 1] for r in retain for p in r.positions], device=device)
         r_logits = rl[rows, cols]
         top_ids = torch.tensor([t for r in retain for t in r.top_ids], device=device)
         top_logp = torch.tensor([t for r in retain for t in r.top_logp], device=device)
@@ -135,10 +140,12 @@ def _latest_checkpoint(out: Path):
 
 
 def finetune(model, tok, rules, prompts, out_dir, cfg: FinetuneConfig | None = None, *, resume: bool = False,
-             progress: bool = True, base_path: str | None = None, say=print, keep_checkpoints: bool = False) -> dict:
+             progress: bool = True, base_path: str | None = None, say=print, keep_checkpoints: bool = False,
+             data: FinetuneData | None = None) -> dict:
     """Fine-tune `model` so that it stops writing `rules`; write the result to `out_dir`.
 
     The model is changed in place (LoRA layers are merged into it); use the returned "model".
+    `data` skips the sampling and uses the given examples (e.g. to train a baseline on the same data).
 
     Returns a summary dict (also written to out_dir/finetune.json): data statistics, the loss per
     logged step, and the output paths."""
@@ -159,7 +166,10 @@ def finetune(model, tok, rules, prompts, out_dir, cfg: FinetuneConfig | None = N
     model.eval()
     data_path = out / "data.json"
     t0 = time.perf_counter()
-    if resume and data_path.is_file():
+    if data is not None:  # given (e.g. the same data for a baseline)
+        if acc.is_main_process:
+            data.save(data_path)
+    elif resume and data_path.is_file():
         data = FinetuneData.load(data_path)
         say(f"Resuming with the data in {data_path}")
     else:
@@ -170,7 +180,8 @@ def finetune(model, tok, rules, prompts, out_dir, cfg: FinetuneConfig | None = N
             data = build_data(model, tok, rules, prompts, n_samples=cfg.n_samples, temperature=cfg.temperature,
                               max_new_tokens=cfg.max_new_tokens, seed=cfg.seed, top_k=cfg.top_k,
                               max_per_pair=cfg.max_per_pair, retain_per_gen=cfg.retain_per_gen,
-                              batch_size=cfg.gen_batch_size, chat=cfg.chat, progress=progress)
+                              batch_size=cfg.gen_batch_size, chat=cfg.chat, progress=progress,
+                              max_examples=cfg.max_examples)
             data.save(data_path)
         acc.wait_for_everyone()
         data = FinetuneData.load(data_path)
