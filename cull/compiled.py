@@ -154,8 +154,9 @@ class CompiledMatcher:
                     self._device_tables[key][name] = torch.from_numpy(arr).to(device)
             np_tables = {k: T[k] for k in ("perm", "rng_ptr", "rng_lo", "rng_hi", "rng_delta", "has_rng", "out_next")}
             np_tables["max_chain"] = self.max_chain
-            self._device_tables[key]["alw_np"] = [
-                np.sort(T["alw_tok"][T["alw_ptr"][c]:T["alw_ptr"][c + 1]]).astype(np.int64) for c in range(3)]
+            self._device_tables[key]["alw_t"] = [  # sorted always-lists per class, for the CPU path
+                torch.from_numpy(np.sort(T["alw_tok"][T["alw_ptr"][c]:T["alw_ptr"][c + 1]]).astype(np.int64))
+                for c in range(3)]
             self._device_tables[key]["np"] = np_tables
             self._device_tables[key]["max_chain"] = self.max_chain
             self._device_tables[key]["all_ban"] = self.all_ban

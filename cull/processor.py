@@ -128,8 +128,11 @@ class CullLogitsProcessor:
             nodes, classes = self._device_rows.update(input_ids)
         else:
             states = self.row_states(input_ids)
-            nodes = torch.tensor([s[0] for s in states], dtype=torch.int64, device=scores.device)
-            classes = torch.tensor([s[1] for s in states], dtype=torch.int64, device=scores.device)
+            nodes = np.fromiter((s[0] for s in states), dtype=np.int64, count=len(states))
+            classes = np.fromiter((s[1] for s in states), dtype=np.int64, count=len(states))
+            if scores.device.type != "cpu":
+                nodes = torch.from_numpy(nodes).to(scores.device)
+                classes = torch.from_numpy(classes).to(scores.device)
         apply_rules(scores, nodes, classes, self.matcher.device_tables(scores.device), self.backend)
         return scores
 

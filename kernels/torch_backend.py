@@ -68,54 +68,71 @@ def _cap_rows(logits, classes_host, cap):
         part[sel] = torch.minimum(part[sel], cap[c, :W])
 
 
-DENSE_ALWAYS = 4096  # always-lists longer than this are applied densely (one minimum over V)
+DENSE_ALWAYS = 0  # always-lists longer than this are applied densely: one minimum over V, whatever the phrase count
 
 
-def _chain_tokens_cpu(node: int, T) -> np.ndarray:
+def _chain_tokens_cpu(node: int, T) -> torch.Tensor:
     """The tokens a node's chain bans, cached per node (bans only): on a CPU every op costs
     microseconds, so a visited state's token list is computed once."""
     cache = T.setdefault("chain_cache", {})
     hit = cache.get(node)
     if hit is None:
         _, tok, _ = range_triples(np.asarray([node], dtype=np.int64), T["np"])
-        hit = np.unique(tok)
+        hit = torch.from_numpy(np.unique(tok))
         if len(cache) > 200_000:
             cache.clear()
         cache[node] = hit
     return hit
 
 
+def _fill(row: torch.Tensor, tok: torch.Tensor) -> None:
+    if len(tok):
+        if int(tok[-1]) >= row.shape[0]:  # sorted: only a tokenizer wider than the logits gets here
+            tok = tok[tok < row.shape[0]]
+        row.index_fill_(0, tok, NEG_INF)
+
+
 def _apply_bans_cpu(logits, nodes_host, classes_host, T):
-    V = logits.shape[1]
-    B = len(nodes_host)
-    toks = [_chain_tokens_cpu(int(n), T) for n in nodes_host.tolist()]
-    alw = T["alw_np"]
-    dense = [c for c in set(classes_host.tolist()) if len(alw[c]) > DENSE_ALWAYS]
-    if dense:
-        _cap_rows(logits, np.where(np.isin(classes_host, dense), classes_host, -1), T["alw_cap"](logits.dtype))
-    toks = [t if c in dense else np.concatenate([t, alw[c]]) for t, c in zip(toks, classes_host.tolist())]
-    if B == 1:
-        t = toks[0]
-        t = t[t < V] if len(t) and t[-1] >= V else t
-        if len(t):
-            logits[0].index_fill_(0, torch.from_numpy(t), NEG_INF)
+    alw = T["alw_t"]
+    B, V = logits.shape
+    dense = [len(a) > DENSE_ALWAYS for a in alw]
+    if B == 1:  # the common CPU case, kept to a handful of calls
+        c = int(classes_host[0])
+        row = logits[0]
+        if dense[c]:
+            cap = T["alw_cap"](logits.dtype)
+            W = min(V, cap.shape[1])
+            torch.minimum(row[:W], cap[c, :W], out=row[:W])
+        else:
+            _fill(row, alw[c])
+        _fill(row, _chain_tokens_cpu(int(nodes_host[0]), T))
         return logits
-    rows = np.repeat(np.arange(B), [len(t) for t in toks])
-    tok = np.concatenate(toks)
+    cls_list = classes_host.tolist()
+    if any(dense[c] for c in cls_list):
+        _cap_rows(logits, np.where([dense[c] for c in cls_list], classes_host, -1), T["alw_cap"](logits.dtype))
+    toks = [_chain_tokens_cpu(n, T) for n in nodes_host.tolist()]
+    toks = [t if dense[c] else torch.cat([t, alw[c]]) for t, c in zip(toks, cls_list)]
+    rows = torch.repeat_interleave(torch.arange(B), torch.tensor([len(t) for t in toks]))
+    tok = torch.cat(toks)
     keep = tok < V
-    logits.index_put_((torch.from_numpy(rows[keep]), torch.from_numpy(tok[keep])),
-                      torch.tensor(NEG_INF, dtype=logits.dtype))
+    logits.index_put_((rows[keep], tok[keep]), torch.tensor(NEG_INF, dtype=logits.dtype))
     return logits
+
+
+def _host(x) -> np.ndarray:
+    if isinstance(x, np.ndarray):
+        return x.astype(np.int64, copy=False)
+    return np.asarray(torch.as_tensor(x).cpu(), dtype=np.int64)
 
 
 def apply_rules_torch(logits: torch.Tensor, nodes, classes, T) -> torch.Tensor:
     dev = logits.device
     on_cpu = dev.type == "cpu"
-    classes_host = np.asarray(torch.as_tensor(classes).cpu(), dtype=np.int64)
+    classes_host = _host(classes)
     if on_cpu and T["all_ban"]:
-        return _apply_bans_cpu(logits, np.asarray(torch.as_tensor(nodes), dtype=np.int64), classes_host, T)
+        return _apply_bans_cpu(logits, _host(nodes), classes_host, T)
     if on_cpu:
-        rows, tok, d = range_triples(np.asarray(torch.as_tensor(nodes), dtype=np.int64), T["np"])
+        rows, tok, d = range_triples(_host(nodes), T["np"])
         rows, tok, d = torch.from_numpy(rows), torch.from_numpy(tok), torch.from_numpy(np.ascontiguousarray(d))
     else:
         rows, tok, d = range_triples(torch.as_tensor(nodes, device=dev).long(), T)
