@@ -54,18 +54,18 @@ def range_triples(nodes, T):
     return cr[seg][seg2], (tok.astype(np.int64) if xp is np else tok.long()), T["rng_delta"][r][seg2]
 
 
-def _cap_rows(logits, classes_host, cap):
-    """logits = min(logits, cap[class of row]) for the always-lists, grouped by class (-1: skip)."""
+def _cap_rows(logits, classes, cap):
+    """logits = min(logits, cap[class of row]) for the always-lists (class -1: leave the row)."""
     W = min(logits.shape[1], cap.shape[1])
-    part = logits[:, :W]
-    present = np.unique(classes_host)
-    present = present[present >= 0]
-    if len(present) == 1 and (classes_host >= 0).all():
-        torch.minimum(part, cap[int(present[0]), :W].expand_as(part), out=part)
+    if logits.device.type == "cpu":  # one fused op per row beats a [B, V] gather on a CPU
+        for r, c in enumerate(classes.tolist()):
+            if c >= 0:
+                torch.minimum(logits[r, :W], cap[c, :W], out=logits[r, :W])
         return
-    for c in present.tolist():
-        sel = torch.from_numpy(np.flatnonzero(classes_host == c)).to(logits.device)
-        part[sel] = torch.minimum(part[sel], cap[c, :W])
+    part = logits[:, :W]
+    rows = cap.index_select(0, classes.clamp(min=0))[:, :W]
+    rows = torch.where((classes >= 0)[:, None], rows, torch.full_like(rows, float("inf")))
+    torch.minimum(part, rows, out=part)
 
 
 DENSE_ALWAYS = 0  # always-lists longer than this are applied densely: one minimum over V, whatever the phrase count
@@ -128,9 +128,8 @@ def _host(x) -> np.ndarray:
 def apply_rules_torch(logits: torch.Tensor, nodes, classes, T) -> torch.Tensor:
     dev = logits.device
     on_cpu = dev.type == "cpu"
-    classes_host = _host(classes)
     if on_cpu and T["all_ban"]:
-        return _apply_bans_cpu(logits, _host(nodes), classes_host, T)
+        return _apply_bans_cpu(logits, _host(nodes), _host(classes), T)
     if on_cpu:
         rows, tok, d = range_triples(_host(nodes), T["np"])
         rows, tok, d = torch.from_numpy(rows), torch.from_numpy(tok), torch.from_numpy(np.ascontiguousarray(d))
@@ -141,11 +140,11 @@ def apply_rules_torch(logits: torch.Tensor, nodes, classes, T) -> torch.Tensor:
     if not bool(keep.all()):
         rows, tok, d = rows[keep], tok[keep], d[keep]
     if T["all_ban"]:
-        _cap_rows(logits, classes_host, T["alw_cap"](logits.dtype))
+        _cap_rows(logits, torch.as_tensor(classes, device=dev).long(), T["alw_cap"](logits.dtype))
         if len(tok):
             logits.index_put_((rows.to(dev), tok.to(dev)), torch.tensor(NEG_INF, dtype=logits.dtype, device=dev))
         return logits
-    classes_t = torch.from_numpy(classes_host).to(dev)
+    classes_t = torch.as_tensor(classes, device=dev).long()
     rows, tok, d = rows.to(dev), tok.to(dev), d.to(dev)
     flat = rows * V + tok
     uniq, inv = torch.unique(flat, return_inverse=True)
