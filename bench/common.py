@@ -106,7 +106,13 @@ def plot_lines(path: Path, series: dict[str, tuple[list, list]], xlabel: str, yl
     for name, (xs, ys) in series.items():
         ax.plot(xs, ys, marker="o", label=name)
     if logx:
+        from matplotlib.ticker import FuncFormatter, NullFormatter
+
         ax.set_xscale("log")
+        ticks = sorted({x for xs, _ in series.values() for x in xs})
+        ax.set_xticks(ticks)
+        ax.xaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:,.0f}"))
+        ax.xaxis.set_minor_formatter(NullFormatter())
     ax.set_xlabel(xlabel)
     ax.set_ylabel(ylabel)
     ax.set_title(title)
