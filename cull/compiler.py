@@ -15,7 +15,7 @@ import time
 import numpy as np
 
 from .automaton import Automaton
-from .normalize import BOUNDARY, BYTE_CLASS, CONT, OTHER, SPACE, WORD, class_after_symbols
+from .normalize import BOUNDARY, BYTE_CLASS, CONT, OTHER, class_after_symbols
 from .patterns import compile_patterns
 from .rules import PhraseSet
 from .token_keys import CLASSES, TokenKeys, prefix_ranges, suffix_table

@@ -8,7 +8,6 @@ UTF-8 continuation byte inherits the class before it), so there is one order per
 """
 from __future__ import annotations
 
-from bisect import bisect_left
 from typing import Sequence
 
 import numpy as np

@@ -10,7 +10,6 @@ os.environ["TRITON_INTERPRET"] = "1"
 import triton  # noqa: E402,F401
 
 import cull  # noqa: E402
-from cull.vocab import vocab_from_token_bytes  # noqa: E402
 
 from randomized import build  # noqa: E402
 

@@ -7,7 +7,6 @@ no miss (the guarantee) and no false ban.
 import math
 import random
 
-import numpy as np
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st

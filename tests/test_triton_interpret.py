@@ -10,7 +10,6 @@ import torch
 os.environ["TRITON_INTERPRET"] = "1"
 import triton  # noqa: E402,F401  (the test extra installs it; CI must run these tests, not skip them)
 
-from cull.kernels import apply_rules  # noqa: E402
 import cull.kernels.triton_backend as tb  # noqa: E402
 
 from randomized import build, random_states, run_backends  # noqa: E402
