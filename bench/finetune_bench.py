@@ -76,9 +76,26 @@ def run(args) -> dict:
     gen_kw = dict(temperature=0.8, max_new_tokens=args.max_new_tokens, batch_size=args.gen_batch_size)
 
     # 1. discover the phrases
-    say(f"sampling the base model: {len(train_prompts)} train prompts x {args.n_train_samples}")
-    gens = generate(base, tok, train_prompts, n_samples=args.n_train_samples, seed=args.seed,
-                    desc="base: train samples", **gen_kw)
+    from dataclasses import asdict
+
+    from cull.evaluate import Generation
+    from cull.finetune import FinetuneData
+
+    out_root = Path(args.work_dir)
+    out_root.mkdir(parents=True, exist_ok=True)
+    cache = out_root / "base_samples.json"
+    data_cache = out_root / "bench_data.json"
+    gens = []
+    if args.reuse_data and args.phrases and data_cache.is_file():
+        pass  # the phrases and the data are given: no base samples needed
+    elif args.reuse_data and cache.is_file():
+        gens = [Generation(**g) for g in json.loads(cache.read_text())]
+        say(f"reusing {len(gens)} base samples from {cache}")
+    else:
+        say(f"sampling the base model: {len(train_prompts)} train prompts x {args.n_train_samples}")
+        gens = generate(base, tok, train_prompts, n_samples=args.n_train_samples, seed=args.seed,
+                        desc="base: train samples", **gen_kw)
+        cache.write_text(json.dumps([asdict(g) for g in gens]))
     if args.phrases:
         rules = cull.PhraseSet(args.phrases)
         discovered = []
@@ -89,16 +106,20 @@ def run(args) -> dict:
     say(f"phrases: {len(rules)}: {', '.join(r.text for r in rules)}")
 
     # 2. data once, two trainings
-    data = build_data(base, tok, rules, train_prompts, gens=gens, seed=args.seed, top_k=args.top_k,
-                      max_per_pair=args.max_per_pair, retain_per_gen=args.retain_per_gen, chat=None,
-                      batch_size=args.gen_batch_size, max_examples=args.max_examples)
+    if args.reuse_data and data_cache.is_file():
+        data = FinetuneData.load(data_cache)
+        say(f"reusing the training data in {data_cache}")
+    else:
+        data = build_data(base, tok, rules, train_prompts, gens=gens, seed=args.seed, top_k=args.top_k,
+                          max_per_pair=args.max_per_pair, retain_per_gen=args.retain_per_gen, chat=None,
+                          batch_size=args.gen_batch_size, max_examples=args.max_examples)
+        data.save(data_cache)
     say(f"data: {data.stats['examples']} examples ({data.stats['examples_with_chosen']} with chosen), "
         f"{data.stats['retain_positions']} retain positions")
     variants = {"cull-ftpo": LossWeights(), "unlikelihood-only": LossWeights(preference=0.0, kl=0.0)}
     if args.only_ftpo:
         variants.pop("unlikelihood-only")
     models, summaries = {}, {}
-    out_root = Path(args.work_dir)
     for name, weights in variants.items():
         fresh = copy.deepcopy(base)
         cfg = FinetuneConfig(steps=args.steps, lr=args.lr, batch_size=args.batch_size,
@@ -163,6 +184,7 @@ def run(args) -> dict:
         if "neutral" in r:
             row["neutral_ppl"] = r["neutral"]["perplexity"]
             row["neutral_ppl_change_pct"] = 100 * (r["neutral"]["perplexity"] / b["neutral"]["perplexity"] - 1)
+        row["new_in_top20_ngrams"] = len(r.get("new_in_top20", []))
         if "processor_on" in r:
             row["ban_events_per_1k_tokens"] = r["processor_on"]["ban_events_per_1k_tokens"]
         rows.append(row)
@@ -174,13 +196,16 @@ def run(args) -> dict:
     path = write_results("finetune", rows, out_dir=args.out_dir, extra=extra, tag=tag)
     cols = ["name", "hits", "hits_per_1k_words", "hits_reduction_pct", "greedy_hits", "clean_replies_ppl",
             "clean_replies_ppl_change_pct", "neutral_ppl_change_pct", "kl_per_token", "distinct_2",
+            "new_in_top20_ngrams",
             "ban_events_per_1k_tokens"]
     md = [f"# Fine-tune benchmark ({args.model})\n", markdown_table(rows, cols), "",
           f"Phrases ({len(rules)}): " + ", ".join(f"`{r.text}`" for r in rules), ""]
     for name in models:
         md += [f"Top over-represented n-grams, {name} vs base:", "",
                ", ".join(f"`{o['ngram']}` ({o['count']} vs {o['ref_count']})"
-                         for o in results[name].get("over_represented", [])[:20]) or "(none)", ""]
+                         for o in results[name].get("over_represented", [])[:20]) or "(none)", "",
+               f"New entries in the top-20 most frequent 2- and 3-grams, {name} vs base: "
+               + (", ".join(f"`{g}`" for g in results[name].get("new_in_top20", [])) or "(none)"), ""]
     path.with_suffix(".md").write_text("\n".join(md) + "\n")
     from cull.evaluate import plot_per_phrase
 
@@ -215,6 +240,8 @@ def main(argv=None):
     p.add_argument("--max-examples", type=int, default=160)
     p.add_argument("--only-ftpo", action="store_true", help="skip the unlikelihood-only baseline")
     p.add_argument("--skip-processor-check", action="store_true")
+    p.add_argument("--reuse-data", action="store_true",
+                   help="reuse the base samples and training data saved in --work-dir by an earlier run")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--threads", type=int, default=None)
     p.add_argument("--work-dir", default="/tmp/cull-finetune-bench")

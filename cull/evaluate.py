@@ -261,6 +261,15 @@ def over_represented(texts: list[str], ref_texts: list[str], ns=(1, 2, 3), top: 
     return rows[:top]
 
 
+def new_in_top(texts: list[str], ref_texts: list[str], ns=(2, 3), top: int = 20) -> list[str]:
+    """The n-grams among the model's `top` most frequent (per n) that are not among the reference's."""
+    new = []
+    for n in ns:
+        ref = {g for g, _ in ngram_counts(ref_texts, n).most_common(top)}
+        new += [g for g, _ in ngram_counts(texts, n).most_common(top) if g not in ref]
+    return new
+
+
 def _batches(items, size):
     for i in range(0, len(items), size):
         yield items[i:i + size]
@@ -376,6 +385,7 @@ def evaluate(model, tokenizer, rules, prompts: list[str], n_samples: int = 4, te
             ref["clean"] = perplexity(reference_model, tokenizer, clean_texts, chat=chat, progress=progress)
         res["reference"] = ref
         res["over_represented"] = over_represented(texts, [g.text for g in ref_sampled])
+        res["new_in_top20"] = new_in_top(texts, [g.text for g in ref_sampled])
         if reference_model is not None and reference_model is not model:
             res["kl_per_token"] = mean_kl(model, reference_model, sampled, pad=pad_id(tokenizer),
                                           progress=progress)

@@ -97,25 +97,51 @@ def _scan_token(tok, ids, char):
     return len(ids) - 1
 
 
-def acceptable_alternatives(model, tok, rules, prompt_len: int, context: list[int], candidates: list[int],
-                            lookahead: int = 6) -> list[int]:
-    """The candidates after which a short greedy continuation writes no new match."""
+def find_chosen(model, tok, rules, found, *, top_k: int = 8, min_prob: float = 0.01, max_chosen: int = 4,
+                lookahead: int = 6, batch_size: int = 32, progress: bool = True) -> list[PreferenceExample]:
+    """Preference examples for `found` = [(generation, phrase, token index, context)]: the model's top-k
+    alternatives at each context, kept when a short greedy continuation after them writes no new
+    match. Contexts and candidates are batched (left-padded)."""
     torch = require("torch", "hf")
-    if not candidates:
-        return []
+    from tqdm.auto import tqdm
+
+    from ..evaluate import _left_pad, pad_id
+
+    special = set(getattr(tok, "all_special_ids", []) or [])
+    pad = pad_id(tok)
     device = next(model.parameters()).device
-    ids = torch.tensor([context + [c] for c in candidates], dtype=torch.long, device=device)
-    with torch.inference_mode():
-        out = model.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=lookahead, do_sample=False,
-                             temperature=None, top_p=None, top_k=None,
-                             pad_token_id=tok.eos_token_id if tok.eos_token_id is not None else 0)
-    base_text = tok.decode(context[prompt_len:], skip_special_tokens=True)
-    ok = []
-    for c, row in zip(candidates, out.tolist()):
-        text = tok.decode(row[prompt_len:], skip_special_tokens=True)
-        if not any(m.end > len(base_text) for m in find(text, rules)):
-            ok.append(c)
-    return ok
+    per = max(1, batch_size // max(top_k, 1))  # contexts per batch
+    examples = []
+    for b in tqdm(range(0, len(found), per), desc="finding alternatives", disable=not progress, leave=False):
+        chunk = found[b:b + per]
+        ids, mask = _left_pad([c[3] for c in chunk], pad)
+        pos = (mask.cumsum(1) - 1).clamp(min=0)
+        with torch.inference_mode():
+            probs = torch.softmax(model(ids.to(device), attention_mask=mask.to(device),
+                                        position_ids=pos.to(device)).logits[:, -1].float(), -1)
+        rows = []
+        for i, (g, _, ti, _) in enumerate(chunk):
+            rejected = g.gen_ids[ti]
+            top = torch.topk(probs[i], min(top_k + 1, probs.shape[-1])).indices.tolist()
+            rows += [(i, int(t)) for t in top if t != rejected and probs[i, t] >= min_prob and t not in special]
+        ok = set()
+        if rows:
+            ids2, mask2 = _left_pad([chunk[i][3] + [c] for i, c in rows], pad)
+            with torch.inference_mode():
+                out = model.generate(ids2.to(device), attention_mask=mask2.to(device), max_new_tokens=lookahead,
+                                     do_sample=False, temperature=None, top_p=None, top_k=None, pad_token_id=pad)
+            for (i, c), cont in zip(rows, out[:, ids2.shape[1]:].tolist()):
+                g, _, _, context = chunk[i]
+                gen = context[len(g.prompt_ids):]
+                before = len(tok.decode(gen, skip_special_tokens=True))
+                text = tok.decode(gen + [c] + cont, skip_special_tokens=True)
+                if not any(m.end > before for m in find(text, rules)):
+                    ok.add((i, c))
+        for i, (g, phrase, ti, context) in enumerate(chunk):
+            chosen = [c for j, c in rows if j == i and (j, c) in ok][:max_chosen]
+            examples.append(PreferenceExample(context, int(g.gen_ids[ti]), chosen, phrase,
+                                              float(probs[i, g.gen_ids[ti]])))
+    return examples
 
 
 def build_data(model, tok, rules: PhraseSet, prompts: list[str], *, n_samples: int = 4, temperature: float = 0.8,
@@ -125,9 +151,6 @@ def build_data(model, tok, rules: PhraseSet, prompts: list[str], *, n_samples: i
                gens: list[Generation] | None = None, max_examples: int | None = None) -> FinetuneData:
     """Sample the base model and turn its hits into preference examples and its clean text into a
     retain set (see the module docstring). Raises a CullError when there are no hits."""
-    torch = require("torch", "hf")
-    from tqdm.auto import tqdm
-
     if gens is None:
         gens = generate(model, tok, prompts, n_samples=n_samples, temperature=temperature,
                         max_new_tokens=max_new_tokens, seed=seed, batch_size=batch_size, chat=chat,
@@ -158,17 +181,8 @@ def build_data(model, tok, rules: PhraseSet, prompts: list[str], *, n_samples: i
             first.setdefault(f[1], f)
         rest = [f for f in found if first[f[1]] is not f]
         found = list(first.values()) + rest[:max(0, max_examples - len(first))]
-    device = next(model.parameters()).device
-    examples = []
-    for g, phrase, ti, context in tqdm(found, desc="finding alternatives", disable=not progress, leave=False):
-        with torch.inference_mode():
-            logits = model(torch.tensor([context], device=device)).logits[0, -1].float()
-        probs = torch.softmax(logits, -1)
-        rejected = g.gen_ids[ti]
-        cand = [int(t) for t in torch.topk(probs, min(top_k + 1, probs.numel())).indices.tolist()
-                if t != rejected and probs[t] >= min_prob and t not in (getattr(tok, "all_special_ids", []) or [])]
-        chosen = acceptable_alternatives(model, tok, rules, len(g.prompt_ids), context, cand, lookahead)[:max_chosen]
-        examples.append(PreferenceExample(context, int(rejected), chosen, phrase, float(probs[rejected])))
+    examples = find_chosen(model, tok, rules, found, top_k=top_k, min_prob=min_prob, max_chosen=max_chosen,
+                           lookahead=lookahead, batch_size=batch_size * 2, progress=progress)
     retain = build_retain(model, gens, rules, tok, per_gen=retain_per_gen, top=retain_top, rng=rng,
                           progress=progress)
     stats = {"generations": len(gens), "hits": sum(hit_counts.values()), "hits_per_phrase": dict(hit_counts),

@@ -1,0 +1,135 @@
+"""cull eval: the metrics on hand-made inputs, and evaluate() end to end on stories260K."""
+import argparse
+import json
+import math
+
+import pytest
+import torch
+
+import cull
+from conftest import need_data
+from cull.errors import CullError
+from cull.evaluate import (Generation, bootstrap_ci, distinct_n, evaluate, hit_stats, load_prompts,
+                           over_represented)
+
+PHRASE = "Once upon a time"
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    old = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(old)
+
+
+@pytest.fixture(scope="module")
+def stories():
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    path = need_data("models", "stories260K")
+    return path, AutoModelForCausalLM.from_pretrained(path).eval(), AutoTokenizer.from_pretrained(path)
+
+
+def test_bootstrap_ci_brackets_the_estimate_and_shrinks_with_n():
+    rng = __import__("random").Random(0)
+    small = [rng.random() < 0.3 for _ in range(50)]
+    big = [rng.random() < 0.3 for _ in range(2000)]
+    est, lo, hi = bootstrap_ci(small)
+    assert lo <= est <= hi and abs(est - sum(small) / 50) < 1e-12
+    est2, lo2, hi2 = bootstrap_ci(big)
+    assert hi2 - lo2 < hi - lo
+    assert lo2 < 0.3 < hi2
+    # ratio of sums: 1000 * hits / words
+    est3, lo3, hi3 = bootstrap_ci([1, 0, 2], [10, 10, 20], scale=1000.0)
+    assert est3 == pytest.approx(75.0) and lo3 <= est3 <= hi3
+    assert bootstrap_ci([]) == (0.0, 0.0, 0.0)
+    assert bootstrap_ci([2, 2, 2]) == (2.0, 2.0, 2.0)  # no spread, no interval
+
+
+def test_hit_stats_counts_per_phrase():
+    rules = cull.PhraseSet(["a testament to", "delve"])
+    gens = [Generation(0, [], [], "It is a testament to hard work. We delve and DELVE.", False),
+            Generation(0, [], [], "Nothing here at all.", False)]
+    s = hit_stats(gens, rules)
+    assert s["hits"] == 3 and s["generations_with_hit"] == 1
+    assert s["per_phrase"] == {"delve": 2, "a testament to": 1}
+    assert s["hits_per_generation"] == pytest.approx(1.5)
+    assert s["hits_per_1k_words"] == pytest.approx(1000 * 3 / 15)  # 11 + 4 whitespace-separated words
+
+
+def test_distinct_and_over_represented():
+    assert distinct_n(["a b a b"], 1) == pytest.approx(0.5)
+    assert distinct_n(["a b a b"], 2) == pytest.approx(2 / 3)
+    model = ["the tapestry of life"] * 5 + ["a cat sat"]
+    ref = ["a cat sat"] * 5
+    top = over_represented(model, ref, ns=(2,))
+    assert top[0]["ngram"] in {"the tapestry", "tapestry of", "of life"} and top[0]["ref_count"] == 0
+    assert all(r["ngram"] != "a cat" for r in top)
+
+
+def test_load_prompts_builtin_and_errors(tmp_path):
+    train, held = load_prompts("train"), load_prompts("heldout")
+    assert len(train) >= 50 and len(held) >= 25 and not set(train) & set(held)
+    (tmp_path / "p.txt").write_text("one\n\ntwo\n")
+    assert load_prompts(tmp_path / "p.txt") == ["one", "two"]
+    with pytest.raises(CullError, match="not found"):
+        load_prompts(tmp_path / "missing.json")
+    (tmp_path / "bad.json").write_text('{"a": 1}')
+    with pytest.raises(CullError, match="list of strings"):
+        load_prompts(tmp_path / "bad.json")
+
+
+def test_evaluate_end_to_end(stories, tmp_path):
+    _, model, tok = stories
+    res = evaluate(model, tok, [PHRASE], [""], n_samples=24, max_new_tokens=10, seed=3, batch_size=24,
+                   clean_texts=["One day, a little girl named Lily went to the park."], progress=False,
+                   out=tmp_path / "ev", reference_gens=None)
+    s = res["sampled"]
+    assert s["generations"] == 24 and res["greedy"]["generations"] == 1
+    assert s["rate_with_hit"] > 0.5  # stories260K nearly always starts this way
+    lo, hi = s["hits_per_1k_words_ci"]
+    assert lo <= s["hits_per_1k_words"] <= hi
+    assert 1.0 < res["clean"]["perplexity"] < 50 and math.isfinite(res["clean"]["perplexity"])
+    assert 0 < res["distinct_1"] <= 1
+    doc = json.loads((tmp_path / "ev.json").read_text())
+    assert "_gens" not in doc and doc["sampled"]["per_phrase"][PHRASE] == s["hits"]
+    assert (tmp_path / "ev.md").read_text().startswith("| model")
+    assert (tmp_path / "ev.png").stat().st_size > 1000
+    # seeded: the same call gives the same texts
+    again = evaluate(model, tok, [PHRASE], [""], n_samples=24, max_new_tokens=10, seed=3, batch_size=24,
+                     greedy=False, progress=False)
+    assert [g.text for g in again["_gens"]] == [g.text for g in res["_gens"] if not g.greedy]
+
+
+def test_processor_on_and_kl_against_itself_is_zero(stories):
+    from cull.evaluate import BanCounter, mean_kl
+
+    _, model, tok = stories
+    counter = BanCounter(cull.CullLogitsProcessor([PHRASE], tok))
+    res = evaluate(model, tok, [PHRASE], [""], n_samples=16, max_new_tokens=10, batch_size=16, greedy=False,
+                   processor=counter, progress=False)
+    assert res["sampled"]["hits"] == 0 and counter.events > 0
+    assert abs(mean_kl(model, model, res["_gens"])) < 1e-6
+
+
+def test_eval_command(stories, tmp_path, capsys):
+    from cull.evaluate import add_eval_parser
+
+    path, _, _ = stories
+    (tmp_path / "p.json").write_text('[""]')
+    parser = argparse.ArgumentParser()
+    add_eval_parser(parser.add_subparsers(dest="command"))
+    args = parser.parse_args(["eval", "--model", str(path), "--phrase", PHRASE, "--prompts", str(tmp_path / "p.json"),
+                              "--n-samples", "8", "--max-new-tokens", "8", "--no-progress", "--clean-texts", "none",
+                              "--out", str(tmp_path / "r"), "--threads", "1"])
+    assert args.func(args) == 0
+    assert "hits/1k words" in capsys.readouterr().out
+    assert json.loads((tmp_path / "r.json").read_text())["sampled"]["generations"] == 8
+    args = parser.parse_args(["eval", "--model", str(path), "--phrase", PHRASE, "--prompts", str(tmp_path / "p.json"),
+                              "--chat", "--clean-texts", "none"])
+    with pytest.raises(CullError, match="no chat template"):
+        args.func(args)
+    args = parser.parse_args(["eval", "--model", str(tmp_path / "nope"), "--phrase", PHRASE])
+    with pytest.raises(CullError, match="not found"):
+        args.func(args)
