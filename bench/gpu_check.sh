@@ -3,19 +3,30 @@
 #   GPU tests (kernel vs reference on CUDA, no host sync, CUDA-graph replay), then the kernel and
 #   end-to-end benchmarks. JSON, markdown and plots go to $OUT (default bench/results).
 # The data it needs travels in .carry/data (ignored by git), made with:  bench/gpu_carry.sh
+#   bench/gpu_check.sh [all|tests|kernel|e2e ...]     (default: all)
 set -uo pipefail
 cd "$(dirname "$0")/.."
 OUT="${OUT:-bench/results}"
 mkdir -p "$OUT"
-export CULL_DATA_DIR="${CULL_DATA_DIR:-$PWD/.carry/data}" CULL_CACHE_DIR="$(mktemp -d)" PYTHONUNBUFFERED=1
-export HF_HUB_OFFLINE=1 PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"
+export CULL_DATA_DIR="${CULL_DATA_DIR:-$PWD/.carry/data}" CULL_CACHE_DIR="${CULL_CACHE_DIR:-$(mktemp -d)}"
+export PYTHONUNBUFFERED=1 HF_HUB_OFFLINE=1 PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"
 # cull.kernels lives in kernels/ (setuptools package-dir); without an install, link it for this run
-python -m pip install -q --no-deps --no-build-isolation -e . 2>/dev/null || ln -sfn ../kernels cull/kernels
-python -m pip install -q --no-index .whl/*.whl 2>/dev/null || true   # pytest, if carried as a wheel
+python -m pip install -q --no-deps --no-build-isolation -e . >/dev/null 2>&1 || ln -sfn ../kernels cull/kernels
 python -c "import torch, triton; print('torch', torch.__version__, 'triton', triton.__version__, torch.cuda.get_device_name())"
-python -m pytest tests/test_gpu.py -m gpu -q -p no:cacheprovider 2>&1 | tee "$OUT/gpu-tests.log"
-tests=${PIPESTATUS[0]}
-python -m bench.kernel_bench --gpu --out "$OUT" 2>&1 | tail -40
-python -m bench.e2e_bench --gpu --out "$OUT" 2>&1 | tail -20
-echo "gpu tests exit code: $tests"
-exit "$tests"
+phases="${*:-all}"
+status=0
+want() { [[ " $phases " == *" all "* || " $phases " == *" $1 "* ]]; }
+if want tests; then
+  python -m pytest tests/test_gpu.py -m gpu -q -p no:cacheprovider -x 2>&1 | tee "$OUT/gpu-tests.log"
+  status=${PIPESTATUS[0]}
+  echo "gpu tests exit code: $status"
+fi
+if want kernel; then
+  python -m bench.kernel_bench --gpu --out "$OUT" 2>&1 | tee "$OUT/kernel-bench.log" | grep -v '^{' | tail -60
+  [[ ${PIPESTATUS[0]} == 0 ]] || status=1
+fi
+if want e2e; then
+  python -m bench.e2e_bench --gpu --out "$OUT" 2>&1 | tee "$OUT/e2e-bench.log" | tail -12
+  [[ ${PIPESTATUS[0]} == 0 ]] || status=1
+fi
+exit "$status"

@@ -9,6 +9,12 @@ processor call: it advances every row's state by the new token and edits the log
     python -m bench.kernel_bench              # CPU: B = 1, 8; 2,000 and 50,046 phrases
     python -m bench.kernel_bench --quick      # seconds; run by the tests
     python -m bench.kernel_bench --gpu        # what bench/gpu_check.sh runs
+
+On a GPU each variant is timed twice. `mode=eager`: the processor called as HF calls it, host
+overhead included (host clock around the steps, synchronised once, minus `none`). `mode=graph`:
+the step's device work alone, as a decode loop captured in a CUDA graph runs it (the step captured
+20 times in one graph, replays timed with CUDA events); for cull-triton that is the one fused
+launch that finds every row's state from its tokens and edits the logits.
 """
 from __future__ import annotations
 
@@ -109,6 +115,9 @@ def main(argv=None) -> int:
         rules = cull.PhraseSet(phrases, allow_symbols=True)
         matcher = cull.compile_rules(rules, tok, vocab_size=V)
         seqs = token_form(tok, phrases) if set_name == "2k" else None
+        if args.gpu:
+            rows.append(device_memory_row(matcher, set_name, len(phrases)))
+            print(json.dumps(rows[-1]))
         for B in batches:
             ids = make_steps(tok, B, steps, B).to(device)
             variants = {"none": lambda: []}
@@ -129,24 +138,129 @@ def main(argv=None) -> int:
                 rows.append({"name": name, "phrases": len(phrases), "set": set_name, "batch": B, "vocab": V,
                              "median_us": round(per_step_us, 2),
                              "note": "logits reset per step" if name == "none" else "per step, minus none"})
+            for r in rows[-len(med):]:
+                r["mode"] = "eager"
             print(json.dumps(rows[-len(med):]))
+            if args.gpu:
+                hf = SequenceBiasLogitsProcessor(sequence_bias=dict(seqs)) if seqs is not None else None
+                rows += graph_rows(matcher, ids, V, hf, set_name, len(phrases))
+                print(json.dumps(rows[-4:]))
     extra = {"command": "python -m bench.kernel_bench" + (" --gpu" if args.gpu else "") + (" --quick" if args.quick else ""),
              "load_average_1min": round(os.getloadavg()[0], 2), "steps_per_run": steps}
     path = write_results("kernel", rows, args.out, extra=extra, tag="-quick" if args.quick else "")
-    md = markdown_table(rows, ["name", "set", "batch", "median_us"])
+    cols = ["name", "mode", "dtype", "set", "batch", "median_us", "mib"] if args.gpu else ["name", "set", "batch", "median_us"]
+    md = markdown_table(rows, cols)
     path.with_suffix(".md").write_text(md + "\n")
+    plot_rows(path, rows, V, args.gpu)
+    print(md)
+    print(f"wrote {path}")
+    return 0
+
+
+def plot_rows(path, rows, V, gpu):
+    """Cost per step against batch size (one line per variant); on a GPU also against phrase count."""
+    mode = "graph" if gpu else "eager"
     series = {}
     for r in rows:
-        if r["name"] != "none" and r["set"] in ("2k", "50k"):
+        if r["name"] != "none" and r["set"] in ("2k", "50k") and r.get("mode", "eager") == mode \
+                and r.get("dtype", "float32") == "float32":
             key = f"{r['name']} ({r['set']})"
             series.setdefault(key, ([], []))
             series[key][0].append(r["batch"])
             series[key][1].append(r["median_us"])
+    where = "GPU, CUDA graph, fp32 logits" if gpu else "CPU"
     plot_lines(path.with_suffix(".png"), series, "batch size", "µs per decode step",
-               f"processor cost per step, V={V} ({'GPU' if args.gpu else 'CPU'})")
-    print(md)
-    print(f"wrote {path}")
-    return 0
+               f"processor cost per step, V={V} ({where})")
+    if gpu:
+        by_count = {}
+        for r in rows:
+            if r["name"] == "cull-triton" and r.get("mode") == "graph" and r.get("dtype") == "float32":
+                key = f"B={r['batch']}"
+                by_count.setdefault(key, ([], []))
+                by_count[key][0].append(r["phrases"])
+                by_count[key][1].append(r["median_us"])
+        for xs, ys in by_count.values():  # sets are timed in dict order; plot in phrase order
+            order = sorted(range(len(xs)), key=xs.__getitem__)
+            xs[:], ys[:] = [xs[i] for i in order], [ys[i] for i in order]
+        plot_lines(path.with_name(path.stem + "-phrases.png"), by_count, "phrases", "µs per decode step",
+                   f"cull-triton per step against phrase count, V={V} (CUDA graph, fp32)")
+
+
+def device_memory_row(matcher, set_name, n_phrases) -> dict:
+    """GPU memory the compiled list takes: the kernels' tables and the on-device stepping tables."""
+    from cull.device_state import DeviceRowStates
+
+    torch.cuda.synchronize()
+    before = torch.cuda.memory_allocated()
+    matcher.device_tables("cuda")
+    DeviceRowStates(matcher, "cuda", include_prompt=False)
+    torch.cuda.synchronize()
+    mib = (torch.cuda.memory_allocated() - before) / 2**20
+    return {"name": "cull-tables", "set": set_name, "phrases": n_phrases, "mib": round(mib, 2),
+            "states": int(len(matcher.tables["fail"])), "note": "torch.cuda.memory_allocated delta"}
+
+
+def cuda_graph_us(fn, steps: int = 20, reps: int = 30) -> float:
+    """Median µs per call of `fn`, captured `steps` times in one CUDA graph, replays timed by events."""
+    import statistics
+
+    s = torch.cuda.Stream()
+    s.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(s):
+        for _ in range(3):
+            fn()
+    torch.cuda.current_stream().wait_stream(s)
+    g = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(g):
+        for _ in range(steps):
+            fn()
+    g.replay()
+    torch.cuda.synchronize()
+    times = []
+    for _ in range(reps):
+        a, b = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        a.record()
+        g.replay()
+        b.record()
+        b.synchronize()
+        times.append(a.elapsed_time(b) * 1000 / steps)
+    return statistics.median(times)
+
+
+def graph_rows(matcher, ids, V, hf, set_name, n_phrases):
+    """Device time per step in a CUDA graph: cull-triton (fp32 and bf16 logits), dense-mask, HF."""
+    from cull.kernels.triton_backend import step_triton
+
+    B = ids.shape[0]
+    proc = cull.CullLogitsProcessor(matcher, backend="triton", device_state=True)
+    T = matcher.device_tables(ids.device)
+    out = []
+    for dtype in (torch.float32, torch.bfloat16):
+        logits = torch.randn(B, V, device=ids.device).to(dtype)
+        proc.reset()
+        proc(ids[:, :-1], logits.clone())  # the previous step: rows are found, then advance one token
+        rows_ = proc._device_rows
+        prev = tuple(x.clone() for x in rows_.prev)
+        new = tuple(torch.empty_like(x) for x in prev)
+        pw = rows_.powers_for(ids.shape[1])
+        want = logits.clone()
+        proc(ids, want)  # eager processor call, the reference for the graph's result
+        got = logits.clone()
+        step_triton(got, ids, pw, prev, new, rows_.prompt_len, False, rows_.S, T)
+        if not torch.equal(got, want):
+            raise SystemExit("correctness check failed: the graph-mode step differs from the processor call")
+        variants = {"cull-triton": lambda: step_triton(logits, ids, pw, prev, new, rows_.prompt_len, False,
+                                                       rows_.S, T)}
+        mask = torch.rand(B, V, device=ids.device) < 0.05
+        variants["dense-mask"] = lambda: logits.masked_fill_(mask, float("-inf"))
+        if hf is not None and dtype == torch.float32:
+            variants["hf-sequence-bias"] = lambda: hf(ids, logits)
+        for name, fn in variants.items():
+            us = cuda_graph_us(fn)
+            out.append({"name": name, "mode": "graph", "dtype": str(dtype).replace("torch.", ""),
+                        "phrases": n_phrases, "set": set_name, "batch": B, "vocab": V, "context": ids.shape[1],
+                        "median_us": round(us, 2), "note": "device time per step, CUDA graph replay"})
+    return out
 
 
 def check_correct(matcher, ids, V, device):

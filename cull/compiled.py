@@ -140,6 +140,7 @@ class CompiledMatcher:
 
             self._device_tables[key]["alw_cap"] = alw_cap
             self._device_tables[key]["n_tok"] = self.n_tokens
+            self._device_tables[key]["max_alw"] = int(np.diff(T["alw_ptr"]).max(initial=0))
             if not self.all_ban:  # bias mode: merged chain ranges and token positions for the kernels
                 mp, ml, mh, md = self.merged_ranges()
                 invperm = np.full((3, self.n_tokens), -1, dtype=np.int64)

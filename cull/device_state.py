@@ -56,7 +56,7 @@ def step_tables(matcher) -> dict:
 
 
 class DeviceRowStates:
-    """Per-generation row states kept on the logits' device."""
+    """Per-generation row states kept on the logits' device, found by one fused Triton launch per step."""
 
     def __init__(self, matcher, device, include_prompt: bool):
         self.matcher = matcher
@@ -68,45 +68,38 @@ class DeviceRowStates:
             cache[str(self.device)] = {k: (torch.from_numpy(v).to(self.device) if isinstance(v, np.ndarray) else v)
                                        for k, v in S.items()}
         self.S = cache[str(self.device)]
+        self.powers = torch.ones(1, dtype=torch.int64, device=self.device)
         self.reset()
 
     def reset(self):
         self.last_len = None
         self.batch = None
-        self.nodes = self.classes = self.row_hash = None
-        self.powers = torch.ones(1, dtype=torch.int64, device=self.device)
+        self.prev = None  # (hash, node, class) of each row of the last step
 
-    def _pow(self, n: int) -> torch.Tensor:
-        while len(self.powers) < n:  # grows by doubling: the host knows every length, so no sync
+    def powers_for(self, n: int) -> torch.Tensor:
+        """P**k for k < n (at least), growing by doubling: the host knows every length, so no sync."""
+        while len(self.powers) < n:
             p = self.powers
             self.powers = torch.cat([p, p * (p[-1] * _P)])
-        return self.powers[:n]
+        return self.powers
 
-    def update(self, input_ids: torch.Tensor):
-        from cull.kernels.triton_step import advance_triton
+    def step(self, input_ids: torch.Tensor, scores: torch.Tensor | None, tables) -> tuple:
+        """Find every row's state from its tokens; edit `scores` in the same launch unless it is None.
+        Returns the (node, class) tensors."""
+        from cull.kernels.triton_backend import step_triton
 
         ids = input_ids.to(self.device)
+        if ids.stride(1) != 1:
+            ids = ids.contiguous()
         B, L = ids.shape
         fresh = self.last_len is None or L != self.last_len + 1 or B > self.batch * 64
-        prefix = (ids[:, :-1] * self._pow(L - 1)).sum(1)
         if fresh:
             self.prompt_len = L
-            found = torch.zeros(B, dtype=torch.bool, device=self.device)
-            src = torch.zeros(B, dtype=torch.int64, device=self.device)
-        else:
-            eq = prefix[:, None] == self.row_hash[None, :]
-            found = eq.any(1)
-            src = eq.to(torch.int8).argmax(1)
-        zero = torch.zeros(B, dtype=torch.int64, device=self.device)
-        nodes = torch.where(found, self.nodes[src] if not fresh else zero, zero).contiguous()
-        classes = torch.where(found, self.classes[src] if not fresh else zero, zero).contiguous()
         scope = 0 if self.include_prompt else self.prompt_len
-        if fresh and not self.include_prompt:
-            start = torch.full((B,), L, dtype=torch.int64, device=self.device)
-        else:
-            start = torch.where(found, torch.full_like(zero, L - 1), torch.full_like(zero, scope))
-        advance_triton(ids, start, nodes, classes, self.S)
-        self.nodes, self.classes = nodes, classes
-        self.row_hash = prefix + ids[:, -1] * self._pow(L)[-1]
+        new = tuple(torch.empty(B, dtype=torch.int64, device=self.device) for _ in range(3))
+        prev = new if fresh else self.prev
+        step_triton(scores, ids, self.powers_for(L), prev, new, scope, fresh, self.S, tables,
+                    apply=scores is not None)
+        self.prev = new
         self.last_len, self.batch = L, B
-        return nodes, classes
+        return new[1], new[2]

@@ -118,14 +118,18 @@ class CullLogitsProcessor:
         if scores.dim() != 2 or input_ids.shape[0] != scores.shape[0]:
             raise CullError(f"expected input_ids [B, L] and scores [B, V] with the same B, got "
                             f"{tuple(input_ids.shape)} and {tuple(scores.shape)}")
-        from cull.kernels import apply_rules
+        from cull.kernels import apply_rules, resolve_backend
 
+        tables = self.matcher.device_tables(scores.device)
         if self._use_device_state(scores):
             if self._device_rows is None or self._device_rows.device != scores.device:
                 from .device_state import DeviceRowStates
 
                 self._device_rows = DeviceRowStates(self.matcher, scores.device, self.include_prompt)
-            nodes, classes = self._device_rows.update(input_ids)
+            if resolve_backend(self.backend, scores.device) == "triton":  # one fused launch
+                self._device_rows.step(input_ids, scores, tables)
+                return scores
+            nodes, classes = self._device_rows.step(input_ids, None, tables)
         else:
             states = self.row_states(input_ids)
             nodes = np.fromiter((s[0] for s in states), dtype=np.int64, count=len(states))
@@ -133,7 +137,7 @@ class CullLogitsProcessor:
             if scores.device.type != "cpu":
                 nodes = torch.from_numpy(nodes).to(scores.device)
                 classes = torch.from_numpy(classes).to(scores.device)
-        apply_rules(scores, nodes, classes, self.matcher.device_tables(scores.device), self.backend)
+        apply_rules(scores, nodes, classes, tables, self.backend)
         return scores
 
     def _use_device_state(self, scores) -> bool:

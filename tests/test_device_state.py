@@ -36,11 +36,12 @@ def drive(proc_host, proc_dev, steps, B, n_tok, V, rng, reorder, spell=()):
 
 @pytest.mark.parametrize("seed", range(4))
 @pytest.mark.parametrize("include_prompt", [False, True])
-def test_device_states_equal_host(seed, include_prompt):
+@pytest.mark.parametrize("backend", ["triton", "torch"])  # one fused launch; or states found, torch applies
+def test_device_states_equal_host(seed, include_prompt, backend):
     rng = random.Random(seed)
     vocab, tb, special, rules, matcher = build(rng, 50, rng.randint(1, 5), bias=seed % 2 == 1)
     host = cull.CullLogitsProcessor(matcher, include_prompt=include_prompt, backend="torch", device_state=False)
-    dev = cull.CullLogitsProcessor(matcher, include_prompt=include_prompt, backend="triton", device_state=True)
+    dev = cull.CullLogitsProcessor(matcher, include_prompt=include_prompt, backend=backend, device_state=True)
     index = {t: i for i, t in enumerate(vocab)}
     spell = [index[" "]] + [index[ch] for ch in rules.rules[0].phrase if ch in index]
     changed = 0

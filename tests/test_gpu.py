@@ -62,37 +62,59 @@ def test_no_host_sync(data_dir):
         torch.cuda.set_sync_debug_mode("default")
 
 
+def test_device_steps_equal_host_on_real_vocab(data_dir):
+    """The fused step on CUDA (state found on the device) against the host path, over decode steps
+    with beam-style row reordering, on Qwen2 with the 50k list."""
+    proc, ids = _qwen_processor(data_dir)
+    host = cull.CullLogitsProcessor(proc.matcher, backend="torch", device_state=False)
+    g = torch.Generator().manual_seed(0)
+    ids = ids.cpu()
+    changed = 0
+    for step in range(12):
+        scores = torch.randn(ids.shape[0], 151_936, generator=g)
+        a = host(ids, scores.clone())
+        b = proc(ids.cuda(), scores.cuda()).cpu()
+        assert torch.equal(a, b), f"step {step}"
+        changed += int((a == float("-inf")).sum())
+        order = torch.randint(0, ids.shape[0], (ids.shape[0],), generator=g)
+        nxt = torch.where(torch.rand(ids.shape[0], 1, generator=g) < 0.5,
+                          scores.argmax(1, keepdim=True), torch.randint(0, 151_643, (ids.shape[0], 1), generator=g))
+        ids = torch.cat([ids[order], nxt[order]], 1)
+    assert changed > 0
+
+
 def test_cuda_graph_replay_equals_eager(data_dir):
-    from cull.kernels import apply_rules
-    from cull.kernels.triton_step import advance_triton
+    from cull.kernels.triton_backend import step_triton
 
     proc, ids = _qwen_processor(data_dir)
     scores = torch.randn(8, 151_936, device="cuda")
-    proc(ids, scores.clone())
+    proc(ids[:, :-1], scores.clone())  # the previous step: its row states are `prev`
     rows = proc._device_rows
     T = proc.matcher.device_tables(scores.device)
-    nxt = ids[:, -1:].contiguous()
-    start = torch.zeros(8, dtype=torch.int64, device="cuda")
-    n0, c0 = rows.nodes.clone(), rows.classes.clone()
-    # eager
-    n1, c1, eager = n0.clone(), c0.clone(), scores.clone()
-    advance_triton(nxt, start, n1, c1, rows.S)
-    apply_rules(eager, n1, c1, T, backend="triton")
-    # graph
-    n2, c2, buf = n0.clone(), c0.clone(), scores.clone()
+    prev = tuple(x.clone() for x in rows.prev)
+    pw = rows.powers_for(ids.shape[1])
+
+    def step(buf, new):
+        step_triton(buf, ids, pw, prev, new, rows.prompt_len, False, rows.S, T)
+
+    eager = scores.clone()
+    new_e = tuple(torch.empty_like(x) for x in prev)
+    step(eager, new_e)
+    buf = scores.clone()
+    new_g = tuple(torch.full_like(x, -7) for x in prev)  # poisoned: the graph must write them
     s = torch.cuda.Stream()
     s.wait_stream(torch.cuda.current_stream())
     with torch.cuda.stream(s):
-        advance_triton(nxt, start, n2, c2, rows.S)
-        apply_rules(buf, n2, c2, T, backend="triton")
+        step(buf, new_g)
     torch.cuda.current_stream().wait_stream(s)
     g = torch.cuda.CUDAGraph()
-    n2.copy_(n0), c2.copy_(c0), buf.copy_(scores)
     with torch.cuda.graph(g):
-        advance_triton(nxt, start, n2, c2, rows.S)
-        apply_rules(buf, n2, c2, T, backend="triton")
-    n2.copy_(n0), c2.copy_(c0), buf.copy_(scores)
+        step(buf, new_g)
+    buf.copy_(scores)
+    for x in new_g:
+        x.fill_(-7)
     g.replay()
     torch.cuda.synchronize()
-    assert torch.equal(n1, n2) and torch.equal(c1, c2) and torch.equal(eager, buf)
+    assert all(torch.equal(a, b) for a, b in zip(new_e, new_g))
+    assert torch.equal(eager, buf)
     assert (eager == float("-inf")).any()
