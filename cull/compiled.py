@@ -141,18 +141,7 @@ class CompiledMatcher:
             self._device_tables[key]["alw_cap"] = alw_cap
             self._device_tables[key]["n_tok"] = self.n_tokens
             self._device_tables[key]["max_alw"] = int(np.diff(T["alw_ptr"]).max(initial=0))
-            if not self.all_ban:  # bias mode: merged chain ranges and token positions for the kernels
-                mp, ml, mh, md = self.merged_ranges()
-                invperm = np.full((3, self.n_tokens), -1, dtype=np.int64)
-                off = 0
-                perm = T["perm"]
-                sizes = np.diff(self._class_offsets())
-                for c in range(3):
-                    invperm[c, perm[off:off + sizes[c]]] = np.arange(off, off + sizes[c])
-                    off += sizes[c]
-                for name, arr in (("mrg_ptr", mp), ("mrg_lo", ml), ("mrg_hi", mh), ("mrg_delta", md),
-                                  ("invperm", invperm)):
-                    self._device_tables[key][name] = torch.from_numpy(arr).to(device)
+            self._device_tables[key].update(self._kernel_lists(device))
             np_tables = {k: T[k] for k in ("perm", "rng_ptr", "rng_lo", "rng_hi", "rng_delta", "has_rng", "out_next")}
             np_tables["max_chain"] = self.max_chain
             self._device_tables[key]["alw_t"] = [  # sorted always-lists per class, for the CPU path
@@ -162,6 +151,26 @@ class CompiledMatcher:
             self._device_tables[key]["max_chain"] = self.max_chain
             self._device_tables[key]["all_ban"] = self.all_ban
         return self._device_tables[key]
+
+    def _kernel_lists(self, device) -> dict:
+        """Flat token lists for the Triton kernel (see cull/token_lists.py): each node's own tokens
+        (bans) or its chain's merged tokens sorted by id (biases), and dense always-bitmasks."""
+        import torch
+
+        from .token_lists import DENSE_ALWAYS_MIN, always_bits, node_token_lists, search_steps
+
+        T = self.tables
+        if self.all_ban:
+            ptr, tok, dl = node_token_lists(T["rng_ptr"], T["rng_lo"], T["rng_hi"], T["rng_delta"], T["perm"], False)
+        else:
+            mp, ml, mh, md = self.merged_ranges()
+            ptr, tok, dl = node_token_lists(mp, ml, mh, md, T["perm"], True)
+        dense = self.all_ban and int(np.diff(T["alw_ptr"]).max(initial=0)) >= DENSE_ALWAYS_MIN
+        bits = always_bits(T["alw_ptr"], T["alw_tok"], self.n_tokens) if dense else np.zeros((3, 1), np.int32)
+        out = {"lst_ptr": ptr, "lst_tok": tok, "lst_delta": dl, "alw_bits": bits}
+        out = {k: torch.from_numpy(np.ascontiguousarray(v)).to(device) for k, v in out.items()}
+        out.update(dense_always=dense, alw_words=int(bits.shape[1]), search_steps=search_steps(ptr))
+        return out
 
     def _class_offsets(self) -> np.ndarray:
         """Start of each class order inside `perm` (text mode: three orders; token mode: one)."""

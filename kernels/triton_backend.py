@@ -31,80 +31,90 @@ except ImportError:  # pragma: no cover - the dispatcher falls back to torch
 BLOCK = 1024          # tokens per program per iteration (8 per thread at 4 warps)
 TARGET_PROGRAMS = 1024  # enough programs in flight to fill an H100/H200 (132 SMs) several times over
 MAX_SPLIT = 128
-HASH_BLOCK = 512      # tokens hashed per iteration when a row's state is found on the device
+HASH_BLOCK = 2048     # tokens hashed per iteration when a row's state is found on the device
 PREV_BLOCK = 64       # previous rows compared per iteration
 
 if AVAILABLE:
 
     @triton.jit
-    def _apply_row(base, V, node, c, part, split,
-                   perm_ptr, rng_ptr_ptr, rng_lo_ptr, rng_hi_ptr, rng_delta_ptr, has_rng_ptr, out_next_ptr,
-                   alw_ptr_ptr, alw_tok_ptr, alw_delta_ptr, alw_min_ptr, invperm_ptr, n_tok,
-                   MAX_CHAIN: tl.constexpr, ALL_BAN: tl.constexpr, BLOCK: tl.constexpr):
+    def _apply_row(base, V, node, c, part, split, has_rng_ptr, out_next_ptr, lst_ptr_ptr, lst_tok_ptr, lst_delta_ptr,
+                   alw_ptr_ptr, alw_tok_ptr, alw_delta_ptr, alw_min_ptr, alw_bits_ptr, alw_words, n_tok,
+                   MAX_CHAIN: tl.constexpr, ALL_BAN: tl.constexpr, DENSE_ALW: tl.constexpr,
+                   SEARCH_STEPS: tl.constexpr, BLOCK: tl.constexpr):
         offs = tl.arange(0, BLOCK)
         neg_inf = float("-inf")
         first = node
         if tl.load(has_rng_ptr + node) == 0:
             first = tl.load(out_next_ptr + node).to(tl.int64)
-        # ranges: bans walk the chain; biases read the first ranged node's merged list
+        # chain lists: bans walk the chain (each node's own tokens); biases read the first ranged
+        # node's merged list (the whole chain, sorted by token, strongest delta kept)
         cur = first
         for _k in tl.static_range(MAX_CHAIN if ALL_BAN else 1):
             if cur >= 0:
-                r0 = tl.load(rng_ptr_ptr + cur)
-                r1 = tl.load(rng_ptr_ptr + cur + 1)
-                for r in range(r0, r1):
-                    lo = tl.load(rng_lo_ptr + r)
-                    hi = tl.load(rng_hi_ptr + r)
-                    d = tl.load(rng_delta_ptr + r)
-                    for p0 in range(lo + part * BLOCK, hi, split * BLOCK):
-                        pos = p0 + offs
-                        m = pos < hi
-                        tok = tl.load(perm_ptr + pos, mask=m, other=0).to(tl.int64)
-                        m = m & (tok < V)
-                        if ALL_BAN:
-                            tl.store(base + tok, tl.full([BLOCK], neg_inf, tl.float32).to(base.dtype.element_ty),
-                                     mask=m)
-                        else:
-                            amin = tl.load(alw_min_ptr + c * n_tok + tok, mask=m, other=float("inf"))
-                            dd = tl.minimum(amin, d)
-                            orig = tl.load(base + tok, mask=m, other=0.0).to(tl.float32)
-                            val = tl.where(dd == neg_inf, neg_inf, orig + dd)
-                            tl.store(base + tok, val.to(base.dtype.element_ty), mask=m)
+                p0 = tl.load(lst_ptr_ptr + cur)
+                p1 = tl.load(lst_ptr_ptr + cur + 1)
+                for s0 in range(p0 + part * BLOCK, p1, split * BLOCK):
+                    idx = s0 + offs
+                    m = idx < p1
+                    tok = tl.load(lst_tok_ptr + idx, mask=m, other=0).to(tl.int64)
+                    m = m & (tok < V)
+                    if ALL_BAN:
+                        tl.store(base + tok, tl.full([BLOCK], neg_inf, tl.float32).to(base.dtype.element_ty), mask=m)
+                    else:
+                        d = tl.load(lst_delta_ptr + idx, mask=m, other=0.0)
+                        amin = tl.load(alw_min_ptr + c * n_tok + tok, mask=m, other=float("inf"))
+                        dd = tl.minimum(amin, d)
+                        orig = tl.load(base + tok, mask=m, other=0.0).to(tl.float32)
+                        val = tl.where(dd == neg_inf, neg_inf, orig + dd)
+                        tl.store(base + tok, val.to(base.dtype.element_ty), mask=m)
                 if ALL_BAN:
                     cur = tl.load(out_next_ptr + cur).to(tl.int64)
-        # the always-list of the row's class (sorted token ids, so the stores are nearly coalesced)
-        a0 = tl.load(alw_ptr_ptr + c)
-        a1 = tl.load(alw_ptr_ptr + c + 1)
-        for s0 in range(a0 + part * BLOCK, a1, split * BLOCK):
-            idx = s0 + offs
-            m = idx < a1
-            tok = tl.load(alw_tok_ptr + idx, mask=m, other=0).to(tl.int64)
-            m = m & (tok < V)
-            if ALL_BAN:
+        if DENSE_ALW:  # the class's always-list as a bitmask: a contiguous slice of the row per program
+            for t0 in range(part * BLOCK, n_tok, split * BLOCK):
+                tok = t0 + offs
+                m = tok < n_tok
+                word = tl.load(alw_bits_ptr + c * alw_words + (tok >> 5), mask=m, other=0)
+                m = m & (((word >> (tok & 31)) & 1) != 0) & (tok < V)
                 tl.store(base + tok, tl.full([BLOCK], neg_inf, tl.float32).to(base.dtype.element_ty), mask=m)
-            else:
-                d = tl.load(alw_delta_ptr + idx, mask=m, other=0.0)
-                if first >= 0:  # skip tokens the merged ranges already wrote
-                    pos = tl.load(invperm_ptr + c * n_tok + tok, mask=m, other=-1)
-                    r0 = tl.load(rng_ptr_ptr + first)
-                    r1 = tl.load(rng_ptr_ptr + first + 1)
-                    for r in range(r0, r1):
-                        lo = tl.load(rng_lo_ptr + r)
-                        hi = tl.load(rng_hi_ptr + r)
-                        m = m & ((pos < lo) | (pos >= hi))
-                orig = tl.load(base + tok, mask=m, other=0.0).to(tl.float32)
-                val = tl.where(d == neg_inf, neg_inf, orig + d)
-                tl.store(base + tok, val.to(base.dtype.element_ty), mask=m)
+        else:  # the class's always-list, sorted token ids (nearly coalesced stores)
+            a0 = tl.load(alw_ptr_ptr + c)
+            a1 = tl.load(alw_ptr_ptr + c + 1)
+            for s0 in range(a0 + part * BLOCK, a1, split * BLOCK):
+                idx = s0 + offs
+                m = idx < a1
+                tok = tl.load(alw_tok_ptr + idx, mask=m, other=0).to(tl.int64)
+                m = m & (tok < V)
+                if ALL_BAN:
+                    tl.store(base + tok, tl.full([BLOCK], neg_inf, tl.float32).to(base.dtype.element_ty), mask=m)
+                else:
+                    d = tl.load(alw_delta_ptr + idx, mask=m, other=0.0)
+                    if first >= 0:  # skip tokens the merged list wrote: binary search in it
+                        p0 = tl.load(lst_ptr_ptr + first)
+                        p1 = tl.load(lst_ptr_ptr + first + 1)
+                        lo = tl.zeros([BLOCK], tl.int64) + p0
+                        hi = tl.zeros([BLOCK], tl.int64) + p1
+                        for _s in tl.static_range(SEARCH_STEPS):
+                            live = lo < hi
+                            mid = (lo + hi) // 2
+                            v = tl.load(lst_tok_ptr + mid, mask=live, other=0).to(tl.int64)
+                            right = v < tok
+                            lo = tl.where(live & right, mid + 1, lo)
+                            hi = tl.where(live & (right == 0), mid, hi)
+                        hitv = tl.load(lst_tok_ptr + lo, mask=m & (lo < p1), other=-1).to(tl.int64)
+                        m = m & (hitv != tok)
+                    orig = tl.load(base + tok, mask=m, other=0.0).to(tl.float32)
+                    val = tl.where(d == neg_inf, neg_inf, orig + d)
+                    tl.store(base + tok, val.to(base.dtype.element_ty), mask=m)
 
     @triton.jit(do_not_specialize=["L", "n_prev", "scope", "split"])
     def _step_kernel(logits_ptr, stride_row, V, nodes_ptr, cls_ptr, split,
                      tok_ptr, tok_stride, L, pow_ptr, prev_hash_ptr, prev_nodes_ptr, prev_cls_ptr, n_prev, scope,
                      new_hash_ptr, sym_ptr, sym_off_ptr, cls_after_ptr, hkeys_ptr, hvals_ptr, hmask, fail_ptr, radix,
-                     perm_ptr, rng_ptr_ptr, rng_lo_ptr, rng_hi_ptr, rng_delta_ptr, has_rng_ptr, out_next_ptr,
-                     alw_ptr_ptr, alw_tok_ptr, alw_delta_ptr, alw_min_ptr, invperm_ptr, n_tok,
+                     has_rng_ptr, out_next_ptr, lst_ptr_ptr, lst_tok_ptr, lst_delta_ptr,
+                     alw_ptr_ptr, alw_tok_ptr, alw_delta_ptr, alw_min_ptr, alw_bits_ptr, alw_words, n_tok,
                      ADVANCE: tl.constexpr, APPLY: tl.constexpr, FRESH: tl.constexpr, TOKEN_MODE: tl.constexpr,
-                     MAX_CHAIN: tl.constexpr, ALL_BAN: tl.constexpr, BLOCK: tl.constexpr,
-                     HB: tl.constexpr, PB: tl.constexpr):
+                     MAX_CHAIN: tl.constexpr, ALL_BAN: tl.constexpr, DENSE_ALW: tl.constexpr,
+                     SEARCH_STEPS: tl.constexpr, BLOCK: tl.constexpr, HB: tl.constexpr, PB: tl.constexpr):
         row = tl.program_id(0)
         part = tl.program_id(1)
         if ADVANCE:  # every program of the row finds the same state; part 0 records it
@@ -121,14 +131,14 @@ if AVAILABLE:
             c = tl.load(cls_ptr + row).to(tl.int64)
         if APPLY:
             _apply_row(logits_ptr + row.to(tl.int64) * stride_row, V, node, c, part, split,
-                       perm_ptr, rng_ptr_ptr, rng_lo_ptr, rng_hi_ptr, rng_delta_ptr, has_rng_ptr, out_next_ptr,
-                       alw_ptr_ptr, alw_tok_ptr, alw_delta_ptr, alw_min_ptr, invperm_ptr, n_tok,
-                       MAX_CHAIN, ALL_BAN, BLOCK)
+                       has_rng_ptr, out_next_ptr, lst_ptr_ptr, lst_tok_ptr, lst_delta_ptr,
+                       alw_ptr_ptr, alw_tok_ptr, alw_delta_ptr, alw_min_ptr, alw_bits_ptr, alw_words, n_tok,
+                       MAX_CHAIN, ALL_BAN, DENSE_ALW, SEARCH_STEPS, BLOCK)
 
 
 def split_for(B: int, T) -> int:
     """Programs per row: enough to fill the GPU at small B, never more than the longest list needs."""
-    work = max(int(T.get("max_alw", 0)), 1)
+    work = T["n_tok"] if T["dense_always"] else max(int(T.get("max_alw", 0)), 1)
     return max(1, min(MAX_SPLIT, math.ceil(TARGET_PROGRAMS / max(B, 1)), math.ceil(work / BLOCK)))
 
 
@@ -140,14 +150,9 @@ def _require():
 
 
 def _table_args(T):
-    if T["all_ban"]:
-        rng = (T["rng_ptr"], T["rng_lo"], T["rng_hi"], T["rng_delta"])
-        alw_min = invperm = T["rng_delta"]  # unused in ban mode
-    else:
-        rng = (T["mrg_ptr"], T["mrg_lo"], T["mrg_hi"], T["mrg_delta"])
-        alw_min, invperm = T["alw_min"], T["invperm"]
-    return (T["perm"], *rng, T["has_rng"], T["out_next"], T["alw_ptr"], T["alw_tok"], T["alw_delta"],
-            alw_min, invperm, T["n_tok"])
+    alw_min = T["alw_min"] if not T["all_ban"] else T["lst_delta"]  # unused in ban mode
+    return (T["has_rng"], T["out_next"], T["lst_ptr"], T["lst_tok"], T["lst_delta"], T["alw_ptr"], T["alw_tok"],
+            T["alw_delta"], alw_min, T["alw_bits"], T["alw_words"], T["n_tok"])
 
 
 def _launch(logits, nodes, classes, T, step=None, apply=True):
@@ -167,7 +172,8 @@ def _launch(logits, nodes, classes, T, step=None, apply=True):
     V = logits.shape[1] if apply else 0
     _step_kernel[(B, split)](
         logits if apply else nodes, stride, V, nodes, classes, split, *adv, *_table_args(T),
-        APPLY=apply, MAX_CHAIN=max(int(T["max_chain"]), 1), ALL_BAN=bool(T["all_ban"]), BLOCK=BLOCK,
+        APPLY=apply, MAX_CHAIN=max(int(T["max_chain"]), 1), ALL_BAN=bool(T["all_ban"]),
+        DENSE_ALW=bool(T["dense_always"]), SEARCH_STEPS=int(T["search_steps"]), BLOCK=BLOCK,
         HB=HASH_BLOCK, PB=PREV_BLOCK, **flags,
     )
 

@@ -20,8 +20,12 @@ def need_cuda():
 
 @pytest.mark.parametrize("seed", range(12))
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16])
-def test_triton_on_cuda_matches_reference(seed, dtype):
+@pytest.mark.parametrize("dense_always", [False, True])
+def test_triton_on_cuda_matches_reference(seed, dtype, dense_always, monkeypatch):
+    import cull.token_lists
     from cull.kernels import apply_rules
+
+    monkeypatch.setattr(cull.token_lists, "DENSE_ALWAYS_MIN", 1 if dense_always else 10**9)
 
     rng = random.Random(seed)
     vocab, tb, special, rules, matcher = build(rng, 80, rng.randint(1, 8), bias=seed % 2 == 1)
@@ -33,9 +37,16 @@ def test_triton_on_cuda_matches_reference(seed, dtype):
     ref = base.clone()
     apply_rules(ref, nodes, classes, matcher.device_tables("cpu"), backend="reference")
     out = base.cuda()
+    untouched = torch.full_like(out, float("nan"))  # poisoned: a stray write would show
+    keep = ref == base
     apply_rules(out, nodes.cuda(), classes.cuda(), matcher.device_tables("cuda"), backend="triton")
     torch.cuda.synchronize()
-    assert torch.equal(out.cpu(), ref)  # on the GPU the fp32 -> bf16/fp16 cast rounds like torch
+    assert torch.equal(out.cpu(), ref)
+    poisoned = torch.where(keep.cuda(), untouched, out)
+    apply_rules(poisoned, nodes.cuda(), classes.cuda(), matcher.device_tables("cuda"), backend="triton")
+    torch.cuda.synchronize()
+    # positions the reference leaves alone were poisoned with NaN: a stray ban would overwrite one
+    assert torch.equal(torch.isnan(poisoned.cpu()), keep)  # on the GPU the fp32 -> bf16/fp16 cast rounds like torch
 
 
 def _qwen_processor(data_dir):

@@ -21,7 +21,13 @@ tb = importlib.reload(tb)  # make sure the kernel was built in interpreter mode
 
 @pytest.mark.parametrize("seed", range(8))
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16])
-def test_triton_matches_reference(seed, dtype):
+@pytest.mark.parametrize("dense_always", [False, True])
+def test_triton_matches_reference(seed, dtype, dense_always, monkeypatch):
+    """Both ways of writing the always-lists: scattered token ids, and the bitmask pass (which the
+    real 50k list takes; forced here by lowering the threshold)."""
+    import cull.token_lists
+
+    monkeypatch.setattr(cull.token_lists, "DENSE_ALWAYS_MIN", 1 if dense_always else 10**9)
     rng = random.Random(1000 + seed)
     vocab, toks, special, rules, matcher = build(rng, 70, rng.randint(1, 7), bias=seed % 2 == 1)
     B = rng.choice([1, 2, 5])
@@ -53,6 +59,20 @@ def test_triton_large_lists_split_across_programs():
     states = [m.initial_state(), m.advance(m.initial_state(), 0)]
     base, outs = run_backends(m, states, len(tbytes), torch.float32, ["reference", "triton"], 3)
     assert torch.equal(outs["reference"], outs["triton"])
+
+
+def test_always_bitmask_layout():
+    import numpy as np
+
+    from cull.token_lists import always_bits
+
+    rng = np.random.default_rng(0)
+    toks = [np.sort(rng.choice(100, size=k, replace=False)) for k in (0, 7, 60)]
+    ptr = np.cumsum([0] + [len(t) for t in toks])
+    bits = always_bits(ptr, np.concatenate(toks), 100).astype(np.int64) & 0xFFFFFFFF
+    for c in range(3):
+        got = [t for t in range(100) if (bits[c, t // 32] >> (t % 32)) & 1]
+        assert got == toks[c].tolist()
 
 
 def cull_compile(rules, vocab):
