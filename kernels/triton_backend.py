@@ -29,9 +29,9 @@ except ImportError:  # pragma: no cover - the dispatcher falls back to torch
     AVAILABLE = False
 
 BLOCK = 1024          # tokens per program per iteration (8 per thread at 4 warps)
-TARGET_PROGRAMS = 1024  # enough programs in flight to fill an H100/H200 (132 SMs) several times over
+TARGET_PROGRAMS = 2048  # programs per step: several per SM on an H100/H200 (132 SMs), to hide latency
 MAX_SPLIT = 128
-HASH_BLOCK = 2048     # tokens hashed per iteration when a row's state is found on the device
+HASH_BLOCK = 256      # tokens hashed per iteration (small: registers, so that many programs stay resident)
 PREV_BLOCK = 64       # previous rows compared per iteration
 
 if AVAILABLE:

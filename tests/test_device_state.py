@@ -59,3 +59,16 @@ def test_device_states_token_mode():
     dev = cull.token_sequence_processor(seqs, 10, backend="triton")
     dev.device_state = True
     assert drive(host, dev, 12, 3, 10, 10, rng, reorder=True) > 0
+
+
+def test_device_states_long_prompt_in_scope():
+    """A prompt longer than the kernel's hash block, matched from its start (include_prompt)."""
+    rng = random.Random(11)
+    vocab, tb, special, rules, matcher = build(rng, 50, 3, bias=False)
+    host = cull.CullLogitsProcessor(matcher, include_prompt=True, backend="torch", device_state=False)
+    dev = cull.CullLogitsProcessor(matcher, include_prompt=True, backend="triton", device_state=True)
+    ids = torch.tensor([[rng.randrange(len(tb)) for _ in range(300)] for _ in range(2)])
+    for _ in range(3):
+        scores = torch.randn(2, len(tb))
+        assert torch.equal(host(ids, scores.clone()), dev(ids, scores.clone()))
+        ids = torch.cat([ids, torch.tensor([[rng.randrange(len(tb))], [rng.randrange(len(tb))]])], 1)
