@@ -183,7 +183,7 @@ def plot_rows(path, rows, V, gpu):
             order = sorted(range(len(xs)), key=xs.__getitem__)
             xs[:], ys[:] = [xs[i] for i in order], [ys[i] for i in order]
         plot_lines(path.with_name(path.stem + "-phrases.png"), by_count, "phrases", "µs per decode step",
-                   f"cull-triton per step against phrase count, V={V} (CUDA graph, fp32)")
+                   f"cull-triton per step vs phrases (CUDA graph, fp32, V={V})")
 
 
 def device_memory_row(matcher, set_name, n_phrases) -> dict:
