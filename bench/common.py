@@ -18,6 +18,8 @@ def data_dir() -> Path:
 
 
 def git_sha() -> str:
+    if os.environ.get("CULL_GIT_SHA"):  # set by bench/gpu_check.sh: the device machine's copy has no .git
+        return os.environ["CULL_GIT_SHA"]
     try:
         return subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
                               cwd=Path(__file__).parent, check=True).stdout.strip()

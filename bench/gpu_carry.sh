@@ -6,4 +6,5 @@ src="${CULL_DATA_DIR:-$(cd .. && pwd)/shared/data}"
 mkdir -p .carry/data/tokenizers .carry/data/phrases
 cp -r "$src/tokenizers/qwen2" .carry/data/tokenizers/
 cp -r "$src/phrases/antislop" .carry/data/phrases/
+git rev-parse --short HEAD > .carry/GIT_SHA  # the commit the GPU run measures (commit first)
 du -sh .carry

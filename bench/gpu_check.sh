@@ -9,6 +9,7 @@ cd "$(dirname "$0")/.."
 OUT="${OUT:-bench/results}"
 mkdir -p "$OUT"
 export CULL_DATA_DIR="${CULL_DATA_DIR:-$PWD/.carry/data}" CULL_CACHE_DIR="${CULL_CACHE_DIR:-$(mktemp -d)}"
+[[ -f .carry/GIT_SHA ]] && export CULL_GIT_SHA="$(cat .carry/GIT_SHA)"
 export PYTHONUNBUFFERED=1 HF_HUB_OFFLINE=1 PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"
 # cull.kernels lives in kernels/ (setuptools package-dir); without an install, link it for this run
 python -m pip install -q --no-deps --no-build-isolation -e . >/dev/null 2>&1 || ln -sfn ../kernels cull/kernels
