@@ -116,7 +116,8 @@ def run(args) -> dict:
         data.save(data_cache)
     say(f"data: {data.stats['examples']} examples ({data.stats['examples_with_chosen']} with chosen), "
         f"{data.stats['retain_positions']} retain positions")
-    variants = {"cull-ftpo": LossWeights(), "unlikelihood-only": LossWeights(preference=0.0, kl=0.0)}
+    variants = {"cull-ftpo": LossWeights(kl=args.w_kl, unlikelihood=args.w_ul),
+                "unlikelihood-only": LossWeights(preference=0.0, kl=0.0)}
     if args.only_ftpo:
         variants.pop("unlikelihood-only")
     models, summaries = {}, {}
@@ -238,6 +239,8 @@ def main(argv=None):
     p.add_argument("--max-per-pair", type=int, default=8)
     p.add_argument("--retain-per-gen", type=int, default=8)
     p.add_argument("--max-examples", type=int, default=160)
+    p.add_argument("--w-kl", type=float, default=1.0, help="weight of the KL-to-base term (cull-ftpo)")
+    p.add_argument("--w-ul", type=float, default=1.0, help="weight of the unlikelihood term (cull-ftpo)")
     p.add_argument("--only-ftpo", action="store_true", help="skip the unlikelihood-only baseline")
     p.add_argument("--skip-processor-check", action="store_true")
     p.add_argument("--reuse-data", action="store_true",
