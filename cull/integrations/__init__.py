@@ -1,0 +1,1 @@
+"""Integrations with serving engines. Each module imports its engine; `import cull` imports none."""

@@ -1,0 +1,129 @@
+"""Per-request cull settings for serving engines: parsing, validation, and server-side lists.
+
+A request asks for cull through `SamplingParams.extra_args` (`vllm_xargs` over the OpenAI API):
+
+    extra_args = {"cull": {"phrases": ["delve", "a testament to"], "mode": "ban"}}
+    extra_args = {"cull": {"list": "antislop", "mode": "bias", "bias": -5.0}}
+    extra_args = {"cull": '{"phrases": ["delve"]}'}                 # the same, as a JSON string
+    extra_args = {"cull_phrases": ["delve"], "cull_mode": "ban"}   # flat keys (vllm_xargs allows
+                                                                   #  only strings, numbers, lists)
+
+Keys: `phrases` (inline) and/or `list` (names of lists in the folder `$CULL_LISTS_DIR`, any format
+`PhraseSet.load` reads), `mode` (`ban` or `bias`; default: the file's own actions, else ban),
+`bias` (the delta for `mode=bias`, default -5), `include_prompt` (bool), `whole_words` (bool).
+Anything else is an error, so a typo is reported rather than ignored.
+"""
+from __future__ import annotations
+
+import json
+import math
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+from ..errors import CullError
+from ..rules import PhraseSet
+
+KEYS = {"phrases", "list", "mode", "bias", "include_prompt", "whole_words"}
+DEFAULT_BIAS = -5.0
+MAX_PHRASES = int(os.environ.get("CULL_MAX_REQUEST_PHRASES", "100000"))
+LISTS_ENV = "CULL_LISTS_DIR"
+
+
+@dataclass(frozen=True)
+class RequestRules:
+    rules: PhraseSet
+    include_prompt: bool
+
+    def key(self) -> str:
+        return self.rules.fingerprint()
+
+
+def _fail(msg: str):
+    raise CullError(f"cull request settings: {msg}")
+
+
+def raw_settings(extra_args) -> dict | None:
+    """The request's cull settings as a dict, or None when it asks for none."""
+    if not extra_args:
+        return None
+    out = None
+    if "cull" in extra_args:
+        raw = extra_args["cull"]
+        if isinstance(raw, str):
+            try:
+                raw = json.loads(raw)
+            except json.JSONDecodeError as exc:
+                _fail(f"'cull' is a string but not JSON ({exc.msg} at character {exc.pos}); send an object "
+                      "such as {\"phrases\": [\"delve\"]}")
+        if not isinstance(raw, dict):
+            _fail(f"'cull' must be an object (or its JSON string), got {type(raw).__name__}")
+        out = dict(raw)
+    flat = {k[len("cull_"):]: v for k, v in extra_args.items() if isinstance(k, str) and k.startswith("cull_")}
+    if flat:
+        out = {**(out or {}), **flat}
+    return out
+
+
+def _list_path(name) -> Path:
+    if not isinstance(name, str) or not name or "/" in name or "\\" in name or name.startswith("."):
+        _fail(f"'list' must be a plain list name from the server's {LISTS_ENV} folder, got {name!r}")
+    folder = os.environ.get(LISTS_ENV)
+    if not folder:
+        _fail(f"'list' needs the server to set {LISTS_ENV} to a folder of phrase lists; it is not set")
+    folder = Path(folder)
+    for cand in [folder / name] + [folder / f"{name}{ext}" for ext in (".txt", ".json", ".yaml", ".yml")]:
+        if cand.is_file():
+            return cand
+    names = sorted(p.stem for p in folder.glob("*") if p.is_file()) if folder.is_dir() else []
+    _fail(f"no list {name!r} in {folder}; available: {', '.join(names) or '(none)'}")
+
+
+def parse_settings(extra_args) -> RequestRules | None:
+    """Validate a request's settings and build its rules; None when it asks for no cull."""
+    s = raw_settings(extra_args)
+    if s is None:
+        return None
+    unknown = set(s) - KEYS
+    if unknown:
+        _fail(f"unknown key(s) {sorted(unknown)}; the keys are {sorted(KEYS)}")
+    mode = s.get("mode")
+    if mode not in (None, "ban", "bias"):
+        _fail(f"'mode' must be 'ban' or 'bias', got {mode!r}")
+    bias = s.get("bias", DEFAULT_BIAS if mode == "bias" else None)
+    if bias is not None:
+        if isinstance(bias, bool) or not isinstance(bias, (int, float)) or not math.isfinite(bias):
+            _fail(f"'bias' must be a finite number (a logit delta such as -5), got {bias!r}")
+        if mode != "bias":
+            _fail("'bias' is given but 'mode' is not 'bias'; add \"mode\": \"bias\"")
+    flags = {}
+    for key in ("include_prompt", "whole_words"):
+        v = s.get(key, key == "whole_words")
+        if not isinstance(v, bool):
+            _fail(f"'{key}' must be true or false, got {v!r}")
+        flags[key] = v
+    phrases = s.get("phrases", [])
+    if isinstance(phrases, str):
+        phrases = [phrases]
+    if not isinstance(phrases, list) or not all(isinstance(p, str) for p in phrases):
+        _fail("'phrases' must be a list of strings")
+    lists = s.get("list", [])
+    lists = [lists] if isinstance(lists, str) else lists
+    if not isinstance(lists, list):
+        _fail("'list' must be a list name or a list of names")
+    rules = []
+    for name in lists:
+        rules.extend(PhraseSet.load(_list_path(name), action=mode, bias=bias, allow_symbols=True).rules)
+    if phrases:
+        rules.extend(PhraseSet(phrases, action=mode or "ban", bias=bias, allow_symbols=True).rules)
+    if not rules:
+        _fail("no phrases: give 'phrases' (a list of strings) or 'list' (a server-side list name)")
+    if len(rules) > MAX_PHRASES:
+        _fail(f"{len(rules):,} phrases exceed this server's limit of {MAX_PHRASES:,} "
+              "(set CULL_MAX_REQUEST_PHRASES to raise it)")
+    ps = PhraseSet(rules, whole_words=flags["whole_words"])
+    if ps.regex_rules:  # the processor takes a regex only if it is a finite set of literals
+        from ..regex_literals import expand_regex_rules
+
+        expand_regex_rules(ps.regex_rules)
+    return RequestRules(ps, flags["include_prompt"])

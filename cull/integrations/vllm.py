@@ -1,0 +1,256 @@
+"""cull as a vLLM logits-processor plugin, with one phrase list per request.
+
+Two classes, one per vLLM logits-processor interface:
+
+* `CullLogitsProcessor` — the V1 model runner's interface (`vllm.v1.sample.logits_processor`).
+* `CullLogitsProcessorV2` — Model Runner V2's (`vllm.v1.worker.gpu.sample.logits_processor`), the
+  default runner on GPU from vLLM 0.32. Its loader rejects V1-interface classes, so pass the class
+  that matches the runner (`VLLM_USE_V2_MODEL_RUNNER`).
+
+Enable it:
+
+    LLM(model, logits_processors=[CullLogitsProcessor])                       # offline, V1 runner
+    vllm serve MODEL --logits-processors cull.integrations.vllm:CullLogitsProcessor
+    VLLM_USE_V2_MODEL_RUNNER=1 vllm serve MODEL \\
+        --logits-processors cull.integrations.vllm:CullLogitsProcessorV2
+
+cull registers no `vllm.logits_processors` entry point: vLLM would load it into every engine, and
+the V2 loader refuses V1 classes, so an installed cull could stop vLLM from starting.
+
+Requests opt in through `SamplingParams.extra_args` (`vllm_xargs` over HTTP); see
+`cull.integrations.request_settings`. Requests without cull settings cost nothing: the processor
+returns at once when no row of the batch asked for it. Rows with different lists share a batch: each
+list is compiled once (an LRU with a memory bound, `CULL_MATCHER_CACHE_MIB`) and applied to its rows.
+"""
+from __future__ import annotations
+
+import torch
+
+from ..errors import CullError, require
+from .matcher_cache import MatcherCache
+from .request_settings import parse_settings
+
+require("vllm", "vllm")
+from vllm.v1.sample.logits_processor import BatchUpdate, MoveDirectionality  # noqa: E402
+from vllm.v1.sample.logits_processor import LogitsProcessor as _V1Base  # noqa: E402
+
+try:  # Model Runner V2 (vLLM >= 0.32)
+    from vllm.v1.worker.gpu.sample.logits_processor.interface import LogitsProcessor as _V2Base
+except ImportError:  # pragma: no cover - older vLLM
+    _V2Base = None
+
+__all__ = ["CullLogitsProcessor", "CullLogitsProcessorV2"]
+
+
+class _Row:
+    """One request's matcher and automaton state, advanced over its tokens as they come."""
+
+    __slots__ = ("matcher", "include_prompt", "state", "start_state", "done", "tokens")
+
+    def __init__(self, matcher, include_prompt: bool):
+        self.matcher = matcher
+        self.include_prompt = include_prompt
+        self.state = self.start_state = matcher.initial_state()
+        self.done = 0
+        self.tokens = None
+
+    def advance(self, tokens) -> None:
+        self.state = self.matcher.advance_many(self.state, tokens)
+
+    def catch_up(self) -> None:
+        """Advance over the output tokens vLLM appended since the last step. An async-scheduling
+        placeholder (-1) stops the walk until it is replaced; a list that shrank (tokens discarded)
+        is walked again from the start."""
+        tokens = self.tokens
+        n = len(tokens)
+        if n < self.done:
+            self.state, self.done = self.start_state, 0
+        if n > self.done:
+            new = tokens[self.done:n]
+            if -1 in new:
+                new = new[:new.index(-1)]
+            self.advance(new)
+            self.done += len(new)
+
+
+class _Engine:
+    """What both interfaces share: the tokenizer, the matcher cache and the batched apply."""
+
+    def __init__(self, vllm_config):
+        from transformers import AutoTokenizer
+
+        from ..vocab import vocab_from_tokenizer
+
+        mc = vllm_config.model_config
+        try:
+            tok = AutoTokenizer.from_pretrained(mc.tokenizer, revision=getattr(mc, "tokenizer_revision", None),
+                                                trust_remote_code=getattr(mc, "trust_remote_code", False))
+        except Exception as exc:
+            raise CullError(f"cull could not load the model's tokenizer {mc.tokenizer!r} with transformers "
+                            f"({exc}); cull needs a Hugging Face tokenizer to map tokens to text") from exc
+        self.vocab = vocab_from_tokenizer(tok, vocab_size=mc.get_vocab_size())
+        self.cache = MatcherCache(self.vocab)
+
+    def new_row(self, params) -> _Row | None:
+        req = parse_settings(getattr(params, "extra_args", None))
+        if req is None:
+            return None
+        return _Row(self.cache.get(req.rules), req.include_prompt)
+
+    @staticmethod
+    def apply(logits: torch.Tensor, rows: dict[int, _Row]) -> None:
+        """Edit logits[i] for every (i, row): one kernel call per distinct matcher."""
+        from cull.kernels import apply_rules
+
+        groups: dict[int, list[int]] = {}
+        for i, row in rows.items():
+            groups.setdefault(id(row.matcher), []).append(i)
+        B = logits.shape[0]
+        for idx in groups.values():
+            matcher = rows[idx[0]].matcher
+            nodes = torch.tensor([rows[i].state[0] for i in idx], dtype=torch.int64)
+            classes = torch.tensor([rows[i].state[1] for i in idx], dtype=torch.int64)
+            tables = matcher.device_tables(logits.device)
+            if idx == list(range(B)):
+                apply_rules(logits, nodes.to(logits.device), classes.to(logits.device), tables)
+                continue
+            where = torch.tensor(idx, dtype=torch.int64, device=logits.device)
+            sub = logits.index_select(0, where)
+            apply_rules(sub, nodes.to(logits.device), classes.to(logits.device), tables)
+            logits.index_copy_(0, where, sub)
+
+
+def _validate(sampling_params) -> None:
+    try:
+        parse_settings(getattr(sampling_params, "extra_args", None))
+    except CullError as exc:
+        raise ValueError(str(exc)) from None
+
+
+class CullLogitsProcessor(_V1Base):
+    """vLLM (V1 model runner) logits processor: bans or biases each request's phrases, whatever
+    tokenization the model tries.
+
+    Example:
+
+    ```python
+    from vllm import LLM, SamplingParams
+    from cull.integrations.vllm import CullLogitsProcessor
+
+    llm = LLM("Qwen/Qwen2-1.5B-Instruct", logits_processors=[CullLogitsProcessor])
+    params = SamplingParams(max_tokens=200, extra_args={"cull": {"phrases": ["delve", "a testament to"]}})
+    print(llm.generate(["Write about the sea."], params)[0].outputs[0].text)
+    ```
+    """
+
+    @classmethod
+    def validate_params(cls, sampling_params) -> None:
+        _validate(sampling_params)
+
+    def __init__(self, vllm_config, device: torch.device, is_pin_memory: bool):
+        self.engine = _Engine(vllm_config)
+        self.rows: dict[int, _Row] = {}
+
+    def is_argmax_invariant(self) -> bool:
+        return False
+
+    def update_state(self, batch_update: BatchUpdate | None) -> None:
+        if batch_update is None:
+            return
+        rows = self.rows
+        for index in batch_update.removed:
+            rows.pop(index, None)
+        for index, params, prompt_ids, output_ids in batch_update.added:
+            row = self.engine.new_row(params)
+            rows.pop(index, None)  # an added request replaces whatever held the index
+            if row is not None:
+                if row.include_prompt and prompt_ids:
+                    row.advance(prompt_ids)
+                    row.start_state = row.state
+                row.tokens = output_ids  # vLLM appends to this list in place
+                rows[index] = row
+        for a, b, direction in batch_update.moved:
+            ra, rb = rows.pop(a, None), rows.pop(b, None)
+            if ra is not None:
+                rows[b] = ra
+            if direction == MoveDirectionality.SWAP and rb is not None:
+                rows[a] = rb
+
+    def apply(self, logits: torch.Tensor) -> torch.Tensor:
+        if not self.rows:
+            return logits
+        for row in self.rows.values():
+            row.catch_up()
+        self.engine.apply(logits, self.rows)
+        return logits
+
+
+if _V2Base is not None:
+
+    class CullLogitsProcessorV2(_V2Base):
+        """vLLM Model Runner V2 logits processor: the same per-request phrase lists as
+        `CullLogitsProcessor`, reading each request's tokens from the runner's `all_token_ids`.
+
+        Rows are matched to request slots through the step's `LogitsContext`; speculative decoding
+        (several rows per request) is refused with an error."""
+
+        @classmethod
+        def validate_params(cls, sampling_params) -> None:
+            _validate(sampling_params)
+
+        def __init__(self, vllm_config, req_states):
+            self.req_states = req_states
+            self.engine = _Engine(vllm_config)
+            self.slots: dict[int, _Row] = {}
+
+        def add_request(self, req_idx: int, sampling_params) -> bool:
+            self.slots.pop(req_idx, None)  # slots are recycled: forget the previous occupant
+            row = self.engine.new_row(sampling_params)
+            if row is None:
+                return False
+            row.done = None  # the start of its scope is known at its first step
+            self.slots[req_idx] = row
+            return True
+
+        def apply(self, logits: torch.Tensor, ctx) -> torch.Tensor:
+            if not self.slots:
+                return logits
+            slots = [int(s) for s in ctx.idx_mapping_np]
+            if logits.shape[0] != len(slots):
+                raise CullError(f"cull got {logits.shape[0]} logits rows for {len(slots)} requests: speculative "
+                                "decoding is not supported by cull's vLLM processor; turn it off")
+            active = {r: self.slots[s] for r, s in enumerate(slots) if s in self.slots}
+            if not active:
+                return logits
+            self._catch_up(active, slots, ctx)
+            self.engine.apply(logits, active)
+            return logits
+
+        def _catch_up(self, active: dict[int, _Row], slots: list[int], ctx) -> None:
+            """Advance each row over its tokens since its last step: committed history from
+            `all_token_ids`, and the token at the sampled position from this step's `input_ids`,
+            gathered into one host copy."""
+            history = self.req_states.all_token_ids.gpu
+            prompt_len = self.req_states.prompt_len.np
+            seq_lens = ctx.seq_lens_upper_bound_np
+            pieces, spans = [], []
+            for r, row in active.items():
+                s = slots[r]
+                start = row.done if row.done is not None else (0 if row.include_prompt else int(prompt_len[s]))
+                end = int(seq_lens[r])
+                if end <= start:
+                    continue
+                pieces.append(history[s, start:end - 1])
+                pieces.append(ctx.input_ids[r:r + 1].to(history.dtype))
+                spans.append((row, end - start, end))
+            if not pieces:
+                return
+            flat = torch.cat(pieces).tolist()
+            k = 0
+            for row, n, end in spans:
+                row.advance(flat[k:k + n])
+                row.done = end
+                k += n
+
+else:  # pragma: no cover
+    CullLogitsProcessorV2 = None

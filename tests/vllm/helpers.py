@@ -1,0 +1,41 @@
+"""Shared pieces of the vLLM tests: a tiny random Llama with a real tokenizer, and a fake
+vllm_config for driving the processors directly."""
+from __future__ import annotations
+
+import os
+import shutil
+from pathlib import Path
+from types import SimpleNamespace
+
+DATA = Path(os.environ.get("CULL_DATA_DIR") or Path(__file__).resolve().parents[2].parent / "shared" / "data")
+GPT2 = DATA / "tokenizers" / "gpt2"
+VOCAB = 50257
+
+
+def tiny_llama(folder: Path) -> Path:
+    """A random 2-layer Llama (head_dim 64, as vLLM's CPU attention needs) with GPT-2's tokenizer."""
+    import torch
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    if not GPT2.is_dir():
+        raise FileNotFoundError(f"test data {GPT2} is missing; set CULL_DATA_DIR to the shared data folder")
+    folder.mkdir(parents=True, exist_ok=True)
+    cfg = LlamaConfig(vocab_size=VOCAB, hidden_size=128, intermediate_size=256, num_hidden_layers=2,
+                      num_attention_heads=2, num_key_value_heads=2, max_position_embeddings=1024,
+                      bos_token_id=50256, eos_token_id=50256, tie_word_embeddings=False)
+    torch.manual_seed(0)
+    LlamaForCausalLM(cfg).save_pretrained(folder)
+    for f in ("tokenizer.json", "vocab.json", "merges.txt", "tokenizer_config.json"):
+        shutil.copy(GPT2 / f, folder / f)
+    return folder
+
+
+def fake_vllm_config(tokenizer_dir=GPT2, vocab_size=VOCAB):
+    return SimpleNamespace(model_config=SimpleNamespace(tokenizer=str(tokenizer_dir), trust_remote_code=False,
+                                                        tokenizer_revision=None, get_vocab_size=lambda: vocab_size))
+
+
+def gpt2_tokenizer():
+    from transformers import AutoTokenizer
+
+    return AutoTokenizer.from_pretrained(GPT2)
