@@ -23,8 +23,9 @@ def matcher_mib(matcher) -> float:
 
 
 class MatcherCache:
-    def __init__(self, vocab, max_mib: float = DEFAULT_MIB):
+    def __init__(self, vocab, device="cpu", max_mib: float = DEFAULT_MIB):
         self.vocab = vocab
+        self.device = device
         self.max_mib = max_mib
         self._items: OrderedDict[str, object] = OrderedDict()
         self._lock = threading.Lock()
@@ -41,6 +42,7 @@ class MatcherCache:
                 self.hits += 1
                 return m
         m = compile_rules(rules, self.vocab)
+        m.device_tables(self.device)  # built now, so that the bound counts them
         with self._lock:
             self.compiles += 1
             self._items[key] = m

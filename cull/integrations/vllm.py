@@ -24,6 +24,8 @@ list is compiled once (an LRU with a memory bound, `CULL_MATCHER_CACHE_MIB`) and
 """
 from __future__ import annotations
 
+import weakref
+
 import torch
 
 from ..errors import CullError, require
@@ -39,7 +41,14 @@ try:  # Model Runner V2 (vLLM >= 0.32)
 except ImportError:  # pragma: no cover - older vLLM
     _V2Base = None
 
-__all__ = ["CullLogitsProcessor", "CullLogitsProcessorV2"]
+__all__ = ["CullLogitsProcessor", "CullLogitsProcessorV2", "live_processors"]
+
+_LIVE: "weakref.WeakSet" = weakref.WeakSet()
+
+
+def live_processors() -> list:
+    """The cull processors alive in this process (an in-process engine's, for tests and metrics)."""
+    return list(_LIVE)
 
 
 class _Row:
@@ -76,7 +85,7 @@ class _Row:
 class _Engine:
     """What both interfaces share: the tokenizer, the matcher cache and the batched apply."""
 
-    def __init__(self, vllm_config):
+    def __init__(self, vllm_config, device):
         from transformers import AutoTokenizer
 
         from ..vocab import vocab_from_tokenizer
@@ -89,7 +98,7 @@ class _Engine:
             raise CullError(f"cull could not load the model's tokenizer {mc.tokenizer!r} with transformers "
                             f"({exc}); cull needs a Hugging Face tokenizer to map tokens to text") from exc
         self.vocab = vocab_from_tokenizer(tok, vocab_size=mc.get_vocab_size())
-        self.cache = MatcherCache(self.vocab)
+        self.cache = MatcherCache(self.vocab, device)
 
     def new_row(self, params) -> _Row | None:
         req = parse_settings(getattr(params, "extra_args", None))
@@ -148,8 +157,9 @@ class CullLogitsProcessor(_V1Base):
         _validate(sampling_params)
 
     def __init__(self, vllm_config, device: torch.device, is_pin_memory: bool):
-        self.engine = _Engine(vllm_config)
+        self.engine = _Engine(vllm_config, device)
         self.rows: dict[int, _Row] = {}
+        _LIVE.add(self)
 
     def is_argmax_invariant(self) -> bool:
         return False
@@ -200,8 +210,9 @@ if _V2Base is not None:
 
         def __init__(self, vllm_config, req_states):
             self.req_states = req_states
-            self.engine = _Engine(vllm_config)
+            self.engine = _Engine(vllm_config, getattr(req_states, "device", "cpu"))
             self.slots: dict[int, _Row] = {}
+            _LIVE.add(self)
 
         def add_request(self, req_idx: int, sampling_params) -> bool:
             self.slots.pop(req_idx, None)  # slots are recycled: forget the previous occupant
