@@ -21,37 +21,11 @@ import copy
 import json
 import sys
 import time
-from collections import Counter
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bench.common import RESULTS, data_dir, markdown_table, write_results  # noqa: E402
-
-
-def candidate_rules():
-    import cull
-
-    rules = []
-    for name in ("slop_phrases_2025-04-07.json", "slop_words_2025-04-07.json"):
-        for phrase, _count in json.loads((data_dir() / "phrases" / "antislop" / name).read_text()):
-            try:
-                rules.extend(cull.PhraseSet([phrase]))
-            except cull.CullError:
-                pass
-    return cull.PhraseSet(rules)
-
-
-def discover(gens, candidates, top: int, min_count: int):
-    """The candidates that occur most often in the samples (count >= min_count), at most `top`."""
-    from cull.scan import prefiltered
-
-    match = prefiltered()
-    counts = Counter()
-    for g in gens:
-        counts.update(m.rule.text for m in match(g.text, candidates))
-    chosen = [(p, c) for p, c in counts.most_common() if c >= min_count][:top]
-    return chosen, counts
 
 
 def run(args) -> dict:
@@ -100,9 +74,10 @@ def run(args) -> dict:
         rules = cull.PhraseSet(args.phrases)
         discovered = []
     else:
-        chosen, counts = discover(gens, candidate_rules(), args.top, args.min_count)
-        discovered = [{"phrase": p, "count": c} for p, c in chosen]
-        rules = cull.PhraseSet([p for p, _ in chosen])
+        from cull.discover import candidate_rules, discover
+
+        discovered = discover([g.text for g in gens], candidate_rules(), top=args.top, min_count=args.min_count)["known"]
+        rules = cull.PhraseSet([k["phrase"] for k in discovered])
     say(f"phrases: {len(rules)}: {', '.join(r.text for r in rules)}")
 
     # 2. data once, two trainings

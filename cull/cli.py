@@ -1,4 +1,4 @@
-"""The `cull` command line: demo, generate, compile, scan (bench, finetune, eval, discover to come)."""
+"""The `cull` command line: demo, generate, compile, scan, bench, finetune, eval, discover."""
 from __future__ import annotations
 
 import argparse
@@ -10,15 +10,6 @@ from pathlib import Path
 
 from . import __version__
 from .errors import CullError, MissingExtraError
-
-# Subcommands whose implementation is tracked by a later issue.
-LATER = {"finetune": 4, "eval": 4, "discover": 4}
-LATER_HELP = {
-    "finetune": "fine-tune a model so that it stops writing the phrases",
-    "eval": "count the phrase hits in a model's outputs",
-    "discover": "find the phrases a model over-uses",
-}
-
 
 class UsageError(CullError):
     """A bad combination of command-line options."""
@@ -252,15 +243,14 @@ def cmd_bench(args) -> int:
         return 2
     if str(root) not in sys.path:
         sys.path.insert(0, str(root))
-    mod = importlib.import_module(f"bench.{args.which}_bench")
+    name = "vllm" if args.engine == "vllm" else args.which
+    if args.engine == "vllm" and args.which != "e2e":
+        _error("--engine vllm goes with `cull bench e2e`")
+        return 2
+    mod = importlib.import_module(f"bench.{name}_bench")
     argv = (["--quick"] if args.quick else []) + (["--gpu"] if args.gpu else []) + \
         (["--out", args.out] if args.out else [])
     return int(mod.main(argv) or 0)
-
-
-def cmd_later(args) -> int:
-    _error(f"cull {args.command} is not available yet: see issue {LATER[args.command]}")
-    return 2
 
 
 # ---- the parser ----
@@ -333,13 +323,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--quick", action="store_true", help="a small, fast version")
     p.add_argument("--gpu", action="store_true", help="the CUDA version (kernel, e2e)")
     p.add_argument("--out", default=None, metavar="DIR", help="results folder (default: bench/results)")
+    p.add_argument("--engine", choices=("hf", "vllm"), default="hf",
+                   help="e2e: HF generate (default) or the vLLM engine (run from a venv with vLLM)")
     p.set_defaults(func=cmd_bench)
 
-    for name, issue in LATER.items():
-        p = sub.add_parser(name, help=f"{LATER_HELP[name]} (not available yet: issue {issue})",
-                           add_help=True)
-        p.add_argument("rest", nargs=argparse.REMAINDER, help=argparse.SUPPRESS)
-        p.set_defaults(func=cmd_later)
+    from .discover import add_discover_parser
+    from .finetune.commands import add_eval_parser, add_finetune_parser
+
+    add_finetune_parser(sub)
+    add_eval_parser(sub)
+    add_discover_parser(sub)
     return parser
 
 

@@ -9,7 +9,7 @@ import pytest
 from conftest import need_data
 
 from cull import PhraseSet, find
-from cull.cli import LATER, main
+from cull.cli import main
 from cull import models
 from cull.scan import prefiltered, scan_texts
 
@@ -55,10 +55,43 @@ def test_version(capsys):
     assert capsys.readouterr().out.strip() == "cull 0.1.0"
 
 
-@pytest.mark.parametrize("name", sorted(LATER))
-def test_later_commands_exit_2_with_one_line(capsys, name):
-    rc, out, err = run(capsys, name)
-    assert_one_line_error(rc, err, f"cull {name} is not available yet: see issue {LATER[name]}")
+@pytest.mark.parametrize("argv,msg", [
+    (["eval", "--model", "/nonexistent/model", "--phrase", "delve"], "not found"),
+    (["finetune", "--out", "x"], "no phrases given"),
+    (["discover", "--n-samples", "0"], "--n-samples must be at least 1"),
+])
+def test_model_commands_bad_input_exit_2_with_one_line(capsys, argv, msg):
+    rc, out, err = run(capsys, *argv)
+    assert_one_line_error(rc, err, msg)
+
+
+def test_discover_finds_what_stories260k_overuses(capsys, tmp_path):
+    model = need_data("models", "stories260K")
+    cands = tmp_path / "cands.txt"
+    cands.write_text("Once upon a time\npurple elephant\n")
+    out = tmp_path / "found.txt"
+    rc, stdout, err = run(capsys, "discover", "--model", str(model), "--candidates", str(cands), "--prompts",
+                          str(_prompts(tmp_path)), "--n-samples", "4", "--max-new-tokens", "12", "--out", str(out))
+    assert rc == 0, err
+    assert out.read_text().splitlines() == ["Once upon a time"]
+    assert "Once upon a time (" in stdout
+
+
+def _prompts(tmp_path):
+    f = tmp_path / "prompts.json"
+    f.write_text(json.dumps(["", ""]))
+    return f
+
+
+def test_recurring_ngrams_keep_widespread_phrases_only():
+    from cull.discover import discover
+
+    texts = [f"Story {i}: the sun rose over the hills, and the old man smiled." for i in range(5)] + ["Other text."]
+    res = discover(texts, PhraseSet(["old man", "never here"]), top=10, min_count=2)
+    assert res["known"] == [{"phrase": "old man", "count": 5}]
+    tics = {t["ngram"]: t["generations"] for t in res["tics"]}
+    assert tics.get("the old man smiled") == 5
+    assert "the old" not in tics  # inside a longer n-gram found as often
 
 
 def test_process_exit_code_and_no_traceback(tmp_path):

@@ -8,8 +8,9 @@ import threading
 from collections import OrderedDict
 
 from ..compile_cache import compile_rules
+from ..errors import CullError
 
-DEFAULT_MIB = float(os.environ.get("CULL_MATCHER_CACHE_MIB", "512"))
+DEFAULT_MIB = 512.0  # override with $CULL_MATCHER_CACHE_MIB
 
 
 def matcher_mib(matcher) -> float:
@@ -23,9 +24,15 @@ def matcher_mib(matcher) -> float:
 
 
 class MatcherCache:
-    def __init__(self, vocab, device="cpu", max_mib: float = DEFAULT_MIB):
+    def __init__(self, vocab, device="cpu", max_mib: float | None = None):
         self.vocab = vocab
         self.device = device
+        if max_mib is None:
+            try:
+                max_mib = float(os.environ.get("CULL_MATCHER_CACHE_MIB", DEFAULT_MIB))
+            except ValueError:
+                raise CullError(f"CULL_MATCHER_CACHE_MIB must be a number of MiB, got "
+                                f"{os.environ['CULL_MATCHER_CACHE_MIB']!r}") from None
         self.max_mib = max_mib
         self._items: OrderedDict[str, object] = OrderedDict()
         self._lock = threading.Lock()

@@ -1,0 +1,129 @@
+"""`cull discover`: find the phrases a model over-uses, from its own samples.
+
+Sample the model on writing prompts with no processor, then count:
+
+* **known slop** — every candidate phrase (antislop's 2,500 phrases and 2,000 words when the data
+  folder has them, else cull's built-in list, or `--candidates FILE`) that the samples contain,
+  by `cull.find`'s semantics;
+* **tics** — word 2- to 4-grams that recur across many different generations (a phrase a model
+  writes once per story, in most stories, is a tic even if nobody listed it).
+
+The output is a phrase file ready for `--phrases` (`cull finetune`, `cull eval`, `cull generate`).
+"""
+from __future__ import annotations
+
+import json
+import os
+from collections import Counter
+from pathlib import Path
+
+from .errors import CullError
+from .rules import PhraseSet
+
+STOP = set("the a an and or of to in on at for with was is it he she they i you we his her their my your "
+           "that this as by from be had have has were are but not so".split())
+
+
+def candidate_rules(path=None) -> PhraseSet:
+    """The candidate list: a given file, else antislop's phrase and word lists, else cull's built-in list."""
+    if path:
+        return PhraseSet.load(path, action="ban", allow_symbols=True)
+    data = Path(os.environ.get("CULL_DATA_DIR") or Path(__file__).resolve().parents[1].parent / "shared" / "data")
+    rules = []
+    for name in ("slop_phrases_2025-04-07.json", "slop_words_2025-04-07.json"):
+        f = data / "phrases" / "antislop" / name
+        if f.is_file():
+            for item in json.loads(f.read_text()):
+                try:
+                    rules.extend(PhraseSet([item[0] if isinstance(item, list) else item]))
+                except CullError:
+                    pass  # a candidate cull cannot express is skipped, not fatal
+    if rules:
+        return PhraseSet(rules)
+    return PhraseSet.load(Path(__file__).parent / "data" / "slop_phrases.txt")
+
+
+def count_candidates(texts: list[str], candidates: PhraseSet) -> Counter:
+    from .scan import prefiltered
+
+    match = prefiltered()
+    counts = Counter()
+    for t in texts:
+        counts.update(m.rule.text for m in match(t, candidates))
+    return counts
+
+
+def recurring_ngrams(texts: list[str], ns=(2, 3, 4), min_docs: int = 3) -> list[tuple[str, int]]:
+    """Word n-grams found in at least `min_docs` different texts, most widespread first; n-grams made
+    only of function words, and those inside a longer reported n-gram as often, are left out."""
+    from .evaluate import words
+
+    docs = Counter()
+    for t in texts:
+        w = words(t)
+        grams = {" ".join(w[i:i + n]) for n in ns for i in range(len(w) - n + 1)}
+        docs.update(g for g in grams if not all(x in STOP for x in g.split()))
+    found = sorted(((g, c) for g, c in docs.items() if c >= min_docs), key=lambda gc: (-gc[1], -gc[0].count(" "), gc[0]))
+    keep = []
+    for g, c in found:
+        if any(f" {g} " in f" {k} " and c <= kc for k, kc in keep):
+            continue
+        keep.append((g, c))
+    return keep
+
+
+def discover(texts: list[str], candidates: PhraseSet, *, top: int = 30, min_count: int = 2) -> dict:
+    counts = count_candidates(texts, candidates)
+    known = [(p, c) for p, c in counts.most_common() if c >= min_count][:top]
+    return {"generations": len(texts), "known": [{"phrase": p, "count": c} for p, c in known],
+            "tics": [{"ngram": g, "generations": c} for g, c in recurring_ngrams(texts)[:top]]}
+
+
+def add_discover_parser(subparsers):
+    p = subparsers.add_parser("discover", help="find the phrases a model over-uses",
+                              description=__doc__.split("\n\n")[0])
+    p.add_argument("--model", default=None, metavar="PATH", help="HF model folder or .gguf (default: SmolLM2)")
+    p.add_argument("--prompts", default="train", metavar="FILE", help="prompt file or built-in set (default: train)")
+    p.add_argument("--candidates", default=None, metavar="FILE", help="candidate phrase list (default: antislop's)")
+    p.add_argument("--n-samples", type=int, default=2, help="samples per prompt (default: 2)")
+    p.add_argument("--max-new-tokens", type=int, default=128)
+    p.add_argument("--temperature", type=float, default=0.8)
+    p.add_argument("--top", type=int, default=30, help="phrases to keep (default: 30)")
+    p.add_argument("--min-count", type=int, default=2, help="fewest hits to keep a phrase (default: 2)")
+    p.add_argument("--max-prompts", type=int, default=0, help="use only the first N prompts")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--batch-size", type=int, default=16)
+    p.add_argument("--out", default=None, metavar="FILE.txt", help="write the phrases found, one a line")
+    p.add_argument("--json", action="store_true", help="print everything as JSON")
+    p.set_defaults(func=run_discover)
+    return p
+
+
+def run_discover(args) -> int:
+    from .evaluate import generate, load_prompts
+    from .finetune.train import load_model_for_finetune
+
+    for name in ("n_samples", "max_new_tokens", "top", "min_count", "batch_size"):
+        if getattr(args, name) < 1:
+            raise CullError(f"--{name.replace('_', '-')} must be at least 1, got {getattr(args, name)}")
+    candidates = candidate_rules(args.candidates)
+    prompts = load_prompts(args.prompts)
+    if args.max_prompts:
+        prompts = prompts[:args.max_prompts]
+    model, tok, _ = load_model_for_finetune(args.model, say=lambda m: print(m, flush=True))
+    gens = generate(model, tok, prompts, n_samples=args.n_samples, temperature=args.temperature,
+                    max_new_tokens=args.max_new_tokens, seed=args.seed, batch_size=args.batch_size,
+                    desc="sampling")
+    res = discover([g.text for g in gens], candidates, top=args.top, min_count=args.min_count)
+    if args.out:
+        Path(args.out).write_text("".join(f"{k['phrase']}\n" for k in res["known"]))
+    if args.json:
+        print(json.dumps(res, indent=2))
+        return 0
+    print(f"{res['generations']} generations, {len(candidates):,} candidate phrases")
+    print("Known slop it writes (hits): " + (", ".join(f"{k['phrase']} ({k['count']})" for k in res["known"])
+                                             or "none at this sample size; try more --n-samples"))
+    print("Recurring n-grams (generations): " + ", ".join(f"{t['ngram']} ({t['generations']})" for t in res["tics"][:15]))
+    if args.out:
+        print(f"Wrote {len(res['known'])} phrases to {args.out}")
+    return 0
