@@ -6,6 +6,7 @@ import time
 
 from .compiled import CompiledMatcher, cache_dir, cache_key
 from .compiler import DEFAULT_MAX_SYMBOLS, build_tables
+from .token_keys import TokenKeys
 from .errors import CullError
 from .rules import PhraseSet, as_phrase_set
 from .vocab import TokenVocab, vocab_from_tokenizer
@@ -27,6 +28,20 @@ def _progress_printer(enabled: bool):
         return lambda msg: console.log(f"[cull compile] {msg}")
     except ImportError:
         return lambda msg: print(f"[cull compile] {msg}", file=sys.stderr)
+
+
+_KEYS: dict[tuple[str, bool], TokenKeys] = {}
+
+
+def _token_keys(vocab: TokenVocab, rules: PhraseSet) -> TokenKeys:
+    """The vocabulary's sorted token keys, kept for the last two vocabularies: they cost most of a
+    small list's compile time and depend only on the vocabulary."""
+    key = (vocab.fingerprint(), rules.options.ignore_case)
+    if key not in _KEYS:
+        while len(_KEYS) >= 2:
+            _KEYS.pop(next(iter(_KEYS)))
+        _KEYS[key] = TokenKeys(vocab.token_bytes, rules.options.ignore_case)
+    return _KEYS[key]
 
 
 def compile_rules(
@@ -67,8 +82,8 @@ def compile_rules(
         except CullError:
             path.unlink(missing_ok=True)  # a corrupt or stale cache file is rebuilt, not trusted
     t0 = time.perf_counter()
-    tables = build_tables(rules, vocab.token_bytes, vocab.special_ids, max_symbols=max_symbols,
-                          progress=_progress_printer(progress))
+    tables = build_tables(rules, vocab.token_bytes, vocab.special_ids, keys=_token_keys(vocab, rules),
+                          max_symbols=max_symbols, progress=_progress_printer(progress))
     meta = {"n_patterns": int(tables["n_patterns"]), "depth": int(tables["depth"]),
             "n_tokens": len(vocab.token_bytes), "compile_s": time.perf_counter() - t0,
             "perm_off": [int(x) for x in tables["perm_off"]],

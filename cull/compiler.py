@@ -18,7 +18,7 @@ from .automaton import Automaton
 from .normalize import BOUNDARY, BYTE_CLASS, CONT, OTHER, class_after_symbols
 from .patterns import compile_patterns
 from .rules import PhraseSet
-from .token_keys import CLASSES, TokenKeys, prefix_ranges, suffix_table
+from .token_keys import CLASSES, TokenKeys, prefix_ranges
 
 DEFAULT_MAX_SYMBOLS = 12_000_000
 _B = bytes([BOUNDARY])
@@ -145,9 +145,8 @@ def _always(K: TokenKeys, patterns, n_tokens):
     if not patterns:
         return best
     strings = K.class_strings()
-    maxpat = max(len(p) for p in patterns)
-    width = min(maxpat + 1, SUFFIX_WIDTH)
-    suf, toks, masks, lens = suffix_table(strings, width)
+    width = SUFFIX_WIDTH  # one width for every list, so the vocabulary's suffix table is built once
+    suf, toks, masks, lens = K.suffix_table(width)
     short = [(p, d) for p, d in patterns.items() if len(p) < width]
     qlo = [p[:-1] if p[-1] == BOUNDARY else p for p, _ in short]
     _, hi = prefix_ranges(suf, [p for p, _ in short], width)

@@ -56,6 +56,15 @@ class TokenKeys:
         """[lo, hi) positions in order[c] of the tokens whose key starts with each query."""
         return prefix_ranges(self.sorted_keys[c], queries, self.max_key)
 
+    def suffix_table(self, width: int):
+        """`suffix_table(self.class_strings(), width)`, kept per width: it depends on the vocabulary
+        only, so a server compiling many small lists against one tokenizer builds it once."""
+        cache = self.__dict__.setdefault("_suffix_tables", {})
+        if width not in cache:
+            cache.clear()  # one width at a time: each table holds every suffix of the vocabulary
+            cache[width] = suffix_table(self.class_strings(), width)
+        return cache[width]
+
     def class_strings(self):
         """The symbol strings tokens emit, as (string, token, mask of the first position, mask of the
         other positions): suffix i of a string occurs in token t fed from every class in the mask.
