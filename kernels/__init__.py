@@ -5,7 +5,8 @@ One dispatcher, one module per backend with the same signature, and a plain refe
     apply_rules(logits, nodes, classes, tables, backend="auto")
 
 `logits` is [B, V] (fp32, bf16 or fp16); `nodes`/`classes` are each row's automaton state;
-`tables` comes from CompiledMatcher.device_tables(device).
+`tables` comes from CompiledMatcher.device_tables(device). On CUDA the HF processor calls
+`triton_backend.step_triton` instead, which also finds the states on the device, in the same launch.
 """
 from __future__ import annotations
 

@@ -2,13 +2,14 @@
 
 Grid (B, split): program (row, part) finds the row's automaton state (given, or stepped on the
 device from the row's tokens: `triton_step.row_state`), then takes every split-th block of the
-row's always-list and of each range on its chain, and writes -inf (ban) or orig + delta (bias) in
+chain lists of that state and of the class's always-list (or, for a dense always-list, every
+split-th slice of the row against its bitmask), and writes -inf (ban) or orig + delta (bias) in
 place. `split` grows as the batch shrinks, so a small batch still spreads its writes over the whole
 GPU. No host sync, no Python loop over rows or phrases, static shapes (the chain is unrolled to
-`max_chain`): the step can be captured in a CUDA graph. Bias mode reads per-node merged ranges
-(disjoint, the strongest delta over the chain and the always-list already taken) and skips
-always-list tokens that those ranges cover, so every token is written exactly once from its
-original value.
+`max_chain`): the step can be captured in a CUDA graph. Bias mode reads each node's merged list
+(the whole chain, sorted by token, the strongest delta kept) and skips always-list tokens that it
+holds, so every token is written exactly once from its original value. docs/automaton.md §8 has
+the memory layout and the measured cost.
 
 Runs on the CPU under TRITON_INTERPRET=1, which is how CI tests it against the reference.
 """
