@@ -80,19 +80,21 @@ def discover(texts: list[str], candidates: PhraseSet, *, top: int = 30, min_coun
 
 
 def add_discover_parser(subparsers):
+    from .cli import _positive
+
     p = subparsers.add_parser("discover", help="find the phrases a model over-uses",
                               description=__doc__.split("\n\n")[0])
     p.add_argument("--model", default=None, metavar="PATH", help="HF model folder or .gguf (default: SmolLM2)")
     p.add_argument("--prompts", default="train", metavar="FILE", help="prompt file or built-in set (default: train)")
     p.add_argument("--candidates", default=None, metavar="FILE", help="candidate phrase list (default: antislop's)")
-    p.add_argument("--n-samples", type=int, default=2, help="samples per prompt (default: 2)")
-    p.add_argument("--max-new-tokens", type=int, default=128)
+    p.add_argument("--n-samples", type=_positive("--n-samples"), default=2, help="samples per prompt (default: 2)")
+    p.add_argument("--max-new-tokens", type=_positive("--max-new-tokens"), default=128)
     p.add_argument("--temperature", type=float, default=0.8)
-    p.add_argument("--top", type=int, default=30, help="phrases to keep (default: 30)")
-    p.add_argument("--min-count", type=int, default=2, help="fewest hits to keep a phrase (default: 2)")
+    p.add_argument("--top", type=_positive("--top"), default=30, help="phrases to keep (default: 30)")
+    p.add_argument("--min-count", type=_positive("--min-count"), default=2, help="fewest hits to keep a phrase (default: 2)")
     p.add_argument("--max-prompts", type=int, default=0, help="use only the first N prompts")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--batch-size", type=int, default=16)
+    p.add_argument("--batch-size", type=_positive("--batch-size"), default=16)
     p.add_argument("--out", default=None, metavar="FILE.txt", help="write the phrases found, one a line")
     p.add_argument("--json", action="store_true", help="print everything as JSON")
     p.set_defaults(func=run_discover)
@@ -103,9 +105,6 @@ def run_discover(args) -> int:
     from .evaluate import generate, load_prompts
     from .finetune.train import load_model_for_finetune
 
-    for name in ("n_samples", "max_new_tokens", "top", "min_count", "batch_size"):
-        if getattr(args, name) < 1:
-            raise CullError(f"--{name.replace('_', '-')} must be at least 1, got {getattr(args, name)}")
     candidates = candidate_rules(args.candidates)
     prompts = load_prompts(args.prompts)
     if args.max_prompts:

@@ -58,11 +58,17 @@ def test_version(capsys):
 @pytest.mark.parametrize("argv,msg", [
     (["eval", "--model", "/nonexistent/model", "--phrase", "delve"], "not found"),
     (["finetune", "--out", "x"], "no phrases given"),
-    (["discover", "--n-samples", "0"], "--n-samples must be at least 1"),
 ])
 def test_model_commands_bad_input_exit_2_with_one_line(capsys, argv, msg):
     rc, out, err = run(capsys, *argv)
     assert_one_line_error(rc, err, msg)
+
+
+def test_discover_rejects_bad_counts(capsys):
+    with pytest.raises(SystemExit) as e:
+        main(["discover", "--n-samples", "0"])
+    assert e.value.code == 2
+    assert "--n-samples must be at least 1, got 0" in capsys.readouterr().err
 
 
 def test_discover_finds_what_stories260k_overuses(capsys, tmp_path):

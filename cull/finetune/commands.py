@@ -20,13 +20,9 @@ from ..errors import CullError
 
 
 def _positive_int(s):
-    try:
-        v = int(s)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a whole number, got {s!r}") from None
-    if v < 1:
-        raise argparse.ArgumentTypeError(f"expected at least 1, got {v}")
-    return v
+    from ..cli import _positive
+
+    return _positive("the value")(s)
 
 
 def _common(p, prompts_default: str):
