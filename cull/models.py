@@ -258,16 +258,17 @@ def load_model(path_or_name=None, dtype=None, *, download: bool = True, threads:
             with contextlib.redirect_stderr(io.StringIO()) if quiet else contextlib.nullcontext():
                 model = _call_hf(AutoModelForCausalLM.from_pretrained, folder, gguf_file=gguf,
                                  local_files_only=True)
+            model = _plain_copy(model)  # a GGUF-loaded model cannot be saved, so a fine-tune could not
             if conv is not None:
                 say(f"Caching the converted model in {conv.parent}")
-                _save_atomically(lambda d: _save_plain(model, d), conv, say)
+                _save_atomically(model.save_pretrained, conv, say)
             model = model.to(dtype)
     model.eval()
     return model, tok
 
 
-def _save_plain(model, dest: Path) -> None:
-    """Save a GGUF-loaded model as an ordinary fp32 HF model (transformers refuses to save it as is)."""
+def _plain_copy(model):
+    """A GGUF-loaded model as an ordinary fp32 HF model (transformers refuses to save the former)."""
     import copy
 
     from transformers import AutoModelForCausalLM
@@ -278,7 +279,7 @@ def _save_plain(model, dest: Path) -> None:
     plain = AutoModelForCausalLM.from_config(cfg)
     plain.load_state_dict(model.state_dict())
     plain.generation_config = model.generation_config
-    plain.save_pretrained(dest)
+    return plain
 
 
 def _call_hf(fn, *args, **kwargs):
