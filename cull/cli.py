@@ -129,7 +129,7 @@ def cmd_generate(args) -> int:
 
         model, tok = load_model(folder / gguf if gguf else folder, threads=args.threads, say=say, quiet=True)
         proc = None
-        if rules is not None:
+        if rules is not None and not args.backtrack:
             status.update(f"Compiling {len(rules)} phrases ...")
             proc = cull.CullLogitsProcessor(rules, tok, include_prompt=args.include_prompt,
                                             backend=args.backend, vocab_size=model.config.vocab_size)
@@ -139,6 +139,8 @@ def cmd_generate(args) -> int:
         sys.stdout.flush()
 
     sample = args.sample or args.temperature is not None
+    if args.backtrack:
+        return _generate_backtracking(args, model, tok, prompt, rules, sample, stream, err)
     r = generate_text(model, tok, prompt, proc, max_new_tokens=args.max_new_tokens, do_sample=sample,
                       temperature=1.0 if args.temperature is None else args.temperature, seed=args.seed,
                       stream=stream, chat=False if args.raw else None)
@@ -150,6 +152,27 @@ def cmd_generate(args) -> int:
         what = ", ".join(part for part in (f"{n_ban} phrase{'s' * (n_ban != 1)} banned" if n_ban else "",
                                            f"{len(rules) - n_ban} biased" if len(rules) > n_ban else "") if part)
     err.print(f"[dim]{r.n_tokens} tokens in {r.seconds:.2f} s ({r.tokens_per_s:.1f} tok/s), {what}[/]")
+    return 0
+
+
+def _generate_backtracking(args, model, tok, prompt, rules, sample, stream, err) -> int:
+    from .backtrack import generate_backtracking
+    from .generate import build_prompt_ids
+
+    if rules is None:
+        raise UsageError("--backtrack needs phrases: pass --phrases FILE or --phrase TEXT")
+    if args.include_prompt:
+        raise UsageError("--backtrack matches the generated text only; leave out --include-prompt")
+    ids = build_prompt_ids(tok, prompt, chat=False if args.raw else None)[0].tolist()
+    t0 = time.perf_counter()
+    r = generate_backtracking(model, tok, ids, rules, max_new_tokens=args.max_new_tokens, do_sample=sample,
+                              temperature=1.0 if args.temperature is None else args.temperature,
+                              seed=args.seed or 0, stream=stream, vocab_size=model.config.vocab_size)
+    sys.stdout.write("\n")
+    sys.stdout.flush()
+    dt = time.perf_counter() - t0
+    err.print(f"[dim]{len(r.token_ids)} tokens in {dt:.2f} s, {r.backtracks} backtrack"
+              f"{'s' * (r.backtracks != 1)}{': ' + ', '.join(e['text'] for e in r.events[:5]) if r.events else ''}[/]")
     return 0
 
 
@@ -287,6 +310,8 @@ def build_parser() -> argparse.ArgumentParser:
     _add_phrase_options(p)
     p.add_argument("--prompt", default=None, help="the prompt (default: read stdin)")
     p.add_argument("--raw", action="store_true", help="send the prompt as is, without the chat template")
+    p.add_argument("--backtrack", action="store_true",
+                   help="rewind and resample when a phrase completes (no half-written stubs; general regexes too)")
     p.add_argument("--max-new-tokens", type=_positive("--max-new-tokens"), default=200, metavar="N",
                    help="new tokens at most (default: 200)")
     p.add_argument("--sample", action="store_true", help="sample instead of greedy decoding")
