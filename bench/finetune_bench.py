@@ -164,7 +164,7 @@ def run(args) -> dict:
         if "processor_on" in r:
             row["ban_events_per_1k_tokens"] = r["processor_on"]["ban_events_per_1k_tokens"]
         rows.append(row)
-    extra = {"model": str(args.model), "phrases": [r.text for r in rules], "discovered": discovered,
+    extra = {"model": str(args.model or "SmolLM2-135M-Instruct"), "phrases": [r.text for r in rules], "discovered": discovered,
              "data": data.stats, "config": {k: v for k, v in vars(args).items() if k != "func"},
              "training": summaries, "results": {k: public(v) for k, v in results.items()},
              "wall_seconds": time.perf_counter() - t_start}
@@ -174,7 +174,7 @@ def run(args) -> dict:
             "clean_replies_ppl_change_pct", "neutral_ppl_change_pct", "kl_per_token", "distinct_2",
             "new_in_top20_ngrams",
             "ban_events_per_1k_tokens"]
-    md = [f"# Fine-tune benchmark ({args.model})\n", markdown_table(rows, cols), "",
+    md = [f"# Fine-tune benchmark ({args.model or 'SmolLM2-135M-Instruct'})\n", markdown_table(rows, cols), "",
           f"Phrases ({len(rules)}): " + ", ".join(f"`{r.text}`" for r in rules), ""]
     for name in models:
         md += [f"Top over-represented n-grams, {name} vs base:", "",
