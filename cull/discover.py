@@ -56,7 +56,7 @@ def count_candidates(texts: list[str], candidates: PhraseSet) -> Counter:
 def recurring_ngrams(texts: list[str], ns=(2, 3, 4), min_docs: int = 3) -> list[tuple[str, int]]:
     """Word n-grams found in at least `min_docs` different texts, most widespread first; n-grams made
     only of function words, and those inside a longer reported n-gram as often, are left out."""
-    from .evaluate import words
+    from .text_stats import words
 
     docs = Counter()
     for t in texts:
