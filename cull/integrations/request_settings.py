@@ -157,8 +157,10 @@ def _parse(s: dict) -> RequestRules:
         _fail(f"{len(rules):,} phrases exceed this server's limit of {MAX_PHRASES:,} "
               "(set CULL_MAX_REQUEST_PHRASES to raise it)")
     ps = PhraseSet(rules, whole_words=flags["whole_words"])
-    if ps.regex_rules:  # the processor takes a regex only if it is a finite set of literals
-        from ..regex_literals import expand_regex_rules
+    # everything compiling could refuse is checked here, at admission: an error once the request is
+    # in the engine's batch could only be raised inside the engine
+    from ..compiler import DEFAULT_MAX_SYMBOLS
+    from ..patterns import compile_patterns
 
-        expand_regex_rules(ps.regex_rules)
+    compile_patterns(ps, DEFAULT_MAX_SYMBOLS)  # also expands finite regexes, refusing the others
     return RequestRules(ps, flags["include_prompt"])
