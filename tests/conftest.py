@@ -39,3 +39,15 @@ def need_data(*parts: str) -> Path:
 def data_dir() -> Path:
     """The data root (skips/fails like ``need_data`` when it is missing)."""
     return need_data()
+
+
+@pytest.fixture
+def one_thread():
+    """Torch on one thread: tests of many tiny ops only lose to threading (and spin on a shared
+    2-core machine). Tests opt in with `pytestmark = pytest.mark.usefixtures("one_thread")`."""
+    import torch
+
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)

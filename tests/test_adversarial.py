@@ -122,13 +122,7 @@ def adversarial_generation(name: str, rnd: random.Random) -> tuple[str, str]:
     return text, decoded
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    # many tiny ops on one row: threads only add overhead (and spin on a shared 2-core machine)
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def run_adversarial(name, rnd):

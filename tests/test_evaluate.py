@@ -4,7 +4,6 @@ import json
 import math
 
 import pytest
-import torch
 
 import cull
 from conftest import need_data
@@ -15,12 +14,7 @@ from cull.evaluate import (Generation, bootstrap_ci, distinct_n, evaluate, hit_s
 PHRASE = "Once upon a time"
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")
