@@ -192,7 +192,9 @@ def device_memory_row(matcher, set_name, n_phrases) -> dict:
 
     torch.cuda.synchronize()
     before = torch.cuda.memory_allocated()
-    matcher.device_tables("cuda")
+    from cull.kernels.triton_backend import with_lists
+
+    with_lists(matcher.device_tables("cuda"))
     DeviceRowStates(matcher, "cuda", include_prompt=False)
     torch.cuda.synchronize()
     mib = (torch.cuda.memory_allocated() - before) / 2**20

@@ -141,7 +141,8 @@ class CompiledMatcher:
             self._device_tables[key]["alw_cap"] = alw_cap
             self._device_tables[key]["n_tok"] = self.n_tokens
             self._device_tables[key]["max_alw"] = int(np.diff(T["alw_ptr"]).max(initial=0))
-            self._device_tables[key].update(self._kernel_lists(device))
+            # the Triton kernel's flat lists, built on its first use (seconds for a large bias list)
+            self._device_tables[key]["kernel_lists"] = lambda _dev=device: self._kernel_lists(_dev)
             np_tables = {k: T[k] for k in ("perm", "rng_ptr", "rng_lo", "rng_hi", "rng_delta", "has_rng", "out_next")}
             np_tables["max_chain"] = self.max_chain
             self._device_tables[key]["alw_t"] = [  # sorted always-lists per class, for the CPU path

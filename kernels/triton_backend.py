@@ -137,6 +137,13 @@ if AVAILABLE:
                        MAX_CHAIN, ALL_BAN, DENSE_ALW, SEARCH_STEPS, BLOCK)
 
 
+def with_lists(T):
+    """The device tables with the kernel's flat token lists, built on first use."""
+    if "lst_ptr" not in T:
+        T.update(T["kernel_lists"]())
+    return T
+
+
 def split_for(B: int, T) -> int:
     """Programs per row: enough to fill the GPU at small B, never more than the longest list needs."""
     work = T["n_tok"] if T["dense_always"] else max(int(T.get("max_alw", 0)), 1)
@@ -157,6 +164,7 @@ def _table_args(T):
 
 
 def _launch(logits, nodes, classes, T, step=None, apply=True):
+    T = with_lists(T)
     B = nodes.shape[0]
     split = split_for(B, T) if apply else 1
     if step is None:  # states given: the advance arguments are unused

@@ -49,7 +49,9 @@ class MatcherCache:
                 self.hits += 1
                 return m
         m = compile_rules(rules, self.vocab)
-        m.device_tables(self.device)  # built now, so that the bound counts them
+        tables = m.device_tables(self.device)  # built now, so that the bound counts them
+        if str(self.device).startswith("cuda") and "lst_ptr" not in tables:  # and the Triton kernel's lists
+            tables.update(tables["kernel_lists"]())
         with self._lock:
             self.compiles += 1
             self._items[key] = m
