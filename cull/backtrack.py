@@ -37,21 +37,20 @@ class _Text:
     def __init__(self, token_bytes):
         self.tb = token_bytes
         self.buf = b""
+        self.text = ""
         self.ends: list[int] = []
         self.byte_ends: list[int] = []
 
     def push(self, t: int) -> None:
         self.buf += self.tb[t] if 0 <= t < len(self.tb) else b""
+        self.text = self.buf.decode("utf-8", "ignore")
         self.byte_ends.append(len(self.buf))
-        self.ends.append(len(self.buf.decode("utf-8", "ignore")))
+        self.ends.append(len(self.text))
 
     def cut(self, k: int) -> None:
         self.buf = self.buf[:self.byte_ends[k - 1]] if k else b""
+        self.text = self.buf.decode("utf-8", "ignore")
         del self.ends[k:], self.byte_ends[k:]
-
-    @property
-    def text(self) -> str:
-        return self.buf.decode("utf-8", "ignore")
 
     def token_at(self, char: int) -> int:
         """Index of the token that wrote character `char`."""

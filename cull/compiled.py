@@ -140,7 +140,7 @@ class CompiledMatcher:
 
             self._device_tables[key]["alw_cap"] = alw_cap
             self._device_tables[key]["n_tok"] = self.n_tokens
-            self._device_tables[key]["max_alw"] = int(np.diff(T["alw_ptr"]).max(initial=0))
+            self._device_tables[key]["max_alw"] = self._max_always()
             # the Triton kernel's flat lists, built on its first use (seconds for a large bias list)
             self._device_tables[key]["kernel_lists"] = lambda _dev=device: self._kernel_lists(_dev)
             np_tables = {k: T[k] for k in ("perm", "rng_ptr", "rng_lo", "rng_hi", "rng_delta", "has_rng", "out_next")}
@@ -152,6 +152,10 @@ class CompiledMatcher:
             self._device_tables[key]["max_chain"] = self.max_chain
             self._device_tables[key]["all_ban"] = self.all_ban
         return self._device_tables[key]
+
+    def _max_always(self) -> int:
+        """Length of the longest per-class always-list."""
+        return int(np.diff(self.tables["alw_ptr"]).max(initial=0))
 
     def _kernel_lists(self, device) -> dict:
         """Flat token lists for the Triton kernel (see cull/token_lists.py): each node's own tokens
@@ -166,7 +170,7 @@ class CompiledMatcher:
         else:
             mp, ml, mh, md = self.merged_ranges()
             ptr, tok, dl = node_token_lists(mp, ml, mh, md, T["perm"], True)
-        dense = self.all_ban and int(np.diff(T["alw_ptr"]).max(initial=0)) >= DENSE_ALWAYS_MIN
+        dense = self.all_ban and self._max_always() >= DENSE_ALWAYS_MIN
         bits = always_bits(T["alw_ptr"], T["alw_tok"], self.n_tokens) if dense else np.zeros((3, 1), np.int32)
         out = {"lst_ptr": ptr, "lst_tok": tok, "lst_delta": dl, "alw_bits": bits}
         out = {k: torch.from_numpy(np.ascontiguousarray(v)).to(device) for k, v in out.items()}

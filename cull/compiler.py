@@ -144,7 +144,6 @@ def _always(K: TokenKeys, patterns, n_tokens):
     best = np.full((3, n_tokens), np.inf)
     if not patterns:
         return best
-    strings = K.class_strings()
     width = SUFFIX_WIDTH  # one width for every list, so the vocabulary's suffix table is built once
     suf, toks, masks, lens = K.suffix_table(width)
     short = [(p, d) for p, d in patterns.items() if len(p) < width]
@@ -160,7 +159,7 @@ def _always(K: TokenKeys, patterns, n_tokens):
             np.minimum.at(best[c], toks[idx[sel]], d[sel])
     long_pats = [(p, d) for p, d in patterns.items() if len(p) >= width]
     if long_pats:
-        long_strings = [s for s in strings if len(s[0]) >= width]
+        long_strings = [s for s in K.class_strings() if len(s[0]) >= width]
         for s, t, mfirst, mrest in long_strings:
             for p, d in long_pats:
                 body = p[:-1] if p[-1] == BOUNDARY else p

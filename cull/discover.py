@@ -13,7 +13,6 @@ The output is a phrase file ready for `--phrases` (`cull finetune`, `cull eval`,
 from __future__ import annotations
 
 import json
-import os
 from collections import Counter
 from pathlib import Path
 
@@ -28,7 +27,9 @@ def candidate_rules(path=None) -> PhraseSet:
     """The candidate list: a given file, else antislop's phrase and word lists, else cull's built-in list."""
     if path:
         return PhraseSet.load(path, action="ban", allow_symbols=True)
-    data = Path(os.environ.get("CULL_DATA_DIR") or Path(__file__).resolve().parents[1].parent / "shared" / "data")
+    from .models import data_dir
+
+    data = data_dir()
     rules = []
     for name in ("slop_phrases_2025-04-07.json", "slop_words_2025-04-07.json"):
         f = data / "phrases" / "antislop" / name

@@ -69,7 +69,12 @@ class TokenKeys:
         """The symbol strings tokens emit, as (string, token, mask of the first position, mask of the
         other positions): suffix i of a string occurs in token t fed from every class in the mask.
         A token fed from class c emits BOUNDARY + key when lead[c], and after a space a leading
-        whitespace run vanishes (the key minus its first symbol)."""
+        whitespace run vanishes (the key minus its first symbol). Built once per vocabulary."""
+        if "_class_strings" not in self.__dict__:
+            self._class_strings = self._build_class_strings()
+        return self._class_strings
+
+    def _build_class_strings(self):
         B = bytes([BOUNDARY])
         allm = (1 << OTHER) | (1 << WORD) | (1 << SPACE)
         keys, lead = self.keys, self.lead

@@ -146,7 +146,7 @@ def with_lists(T):
 
 def split_for(B: int, T) -> int:
     """Programs per row: enough to fill the GPU at small B, never more than the longest list needs."""
-    work = T["n_tok"] if T["dense_always"] else max(int(T.get("max_alw", 0)), 1)
+    work = T["n_tok"] if T["dense_always"] else max(T["max_alw"], 1)
     return max(1, min(MAX_SPLIT, math.ceil(TARGET_PROGRAMS / max(B, 1)), math.ceil(work / BLOCK)))
 
 
@@ -164,6 +164,9 @@ def _table_args(T):
 
 
 def _launch(logits, nodes, classes, T, step=None, apply=True):
+    _require()
+    if apply and logits.stride(1) != 1:
+        raise ValueError("the triton backend needs logits with unit stride along the vocabulary")
     T = with_lists(T)
     B = nodes.shape[0]
     split = split_for(B, T) if apply else 1
@@ -189,9 +192,6 @@ def _launch(logits, nodes, classes, T, step=None, apply=True):
 
 def apply_rules_triton(logits: torch.Tensor, nodes, classes, T) -> torch.Tensor:
     """Edit the logits for rows whose (node, class) states are given."""
-    _require()
-    if logits.stride(1) != 1:
-        raise ValueError("the triton backend needs logits with unit stride along the vocabulary")
     dev = logits.device
     nodes = torch.as_tensor(nodes, device=dev).to(torch.int64)
     classes = torch.as_tensor(classes, device=dev).to(torch.int64)
@@ -203,8 +203,5 @@ def step_triton(logits, ids, pw, prev, new, scope: int, fresh: bool, S, T, apply
     """One decode step on the device: find every row's state from its tokens `ids` [B, L] and the
     previous step's (hash, node, class) `prev`, write the new ones into `new`, and (if `apply`) edit
     the logits. `pw` holds the hash's powers (at least L of them)."""
-    _require()
-    if apply and logits.stride(1) != 1:
-        raise ValueError("the triton backend needs logits with unit stride along the vocabulary")
     new_hash, new_nodes, new_cls = new
     _launch(logits, new_nodes, new_cls, T, step=(ids, pw, prev, new_hash, scope, fresh, S), apply=apply)

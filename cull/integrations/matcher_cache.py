@@ -50,8 +50,10 @@ class MatcherCache:
                 return m
         m = compile_rules(rules, self.vocab)
         tables = m.device_tables(self.device)  # built now, so that the bound counts them
-        if str(self.device).startswith("cuda") and "lst_ptr" not in tables:  # and the Triton kernel's lists
-            tables.update(tables["kernel_lists"]())
+        if str(self.device).startswith("cuda"):  # and the Triton kernel's lists
+            from cull.kernels.triton_backend import with_lists
+
+            with_lists(tables)
         with self._lock:
             self.compiles += 1
             self._items[key] = m
