@@ -6,6 +6,7 @@ matchers step a token's bytes through the transducer and the automaton; token-mo
 """
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import math
@@ -130,19 +131,13 @@ class CompiledMatcher:
                 alw_min[c, torch.from_numpy(T["alw_tok"][a:b].astype(np.int64))] = torch.from_numpy(T["alw_delta"][a:b])
             self._device_tables[key]["alw_min"] = alw_min.to(device)  # dense copies for the torch backend
             self._device_tables[key]["alw_ban"] = (alw_min == -float("inf")).to(device)
-            caps = {}
-
-            def alw_cap(dtype, _ban=self._device_tables[key]["alw_ban"], _caps=caps):
-                # +inf where a token is free, -inf where the class's always-list bans it
-                if dtype not in _caps:
-                    _caps[dtype] = torch.where(_ban, float("-inf"), float("inf")).to(dtype)
-                return _caps[dtype]
-
-            self._device_tables[key]["alw_cap"] = alw_cap
             self._device_tables[key]["n_tok"] = self.n_tokens
             self._device_tables[key]["max_alw"] = self._max_always()
-            # the Triton kernel's flat lists, built on its first use (seconds for a large bias list)
-            self._device_tables[key]["kernel_lists"] = lambda _dev=device: self._kernel_lists(_dev)
+            # the Triton kernel's flat lists, built on first use (seconds for a large bias list). A
+            # partial over the tables, never a closure over self: a cycle would keep an evicted
+            # matcher alive in servers that freeze the garbage collector (vLLM does)
+            self._device_tables[key]["kernel_lists"] = functools.partial(
+                _kernel_lists, T, self.all_ban, self.n_tokens, device)
             np_tables = {k: T[k] for k in ("perm", "rng_ptr", "rng_lo", "rng_hi", "rng_delta", "has_rng", "out_next")}
             np_tables["max_chain"] = self.max_chain
             self._device_tables[key]["alw_t"] = [  # sorted always-lists per class, for the CPU path
@@ -157,26 +152,6 @@ class CompiledMatcher:
         """Length of the longest per-class always-list."""
         return int(np.diff(self.tables["alw_ptr"]).max(initial=0))
 
-    def _kernel_lists(self, device) -> dict:
-        """Flat token lists for the Triton kernel (see cull/token_lists.py): each node's own tokens
-        (bans) or its chain's merged tokens sorted by id (biases), and dense always-bitmasks."""
-        import torch
-
-        from .token_lists import DENSE_ALWAYS_MIN, always_bits, node_token_lists, search_steps
-
-        T = self.tables
-        if self.all_ban:
-            ptr, tok, dl = node_token_lists(T["rng_ptr"], T["rng_lo"], T["rng_hi"], T["rng_delta"], T["perm"], False)
-        else:
-            mp, ml, mh, md = self.merged_ranges()
-            ptr, tok, dl = node_token_lists(mp, ml, mh, md, T["perm"], True)
-        dense = self.all_ban and self._max_always() >= DENSE_ALWAYS_MIN
-        bits = always_bits(T["alw_ptr"], T["alw_tok"], self.n_tokens) if dense else np.zeros((3, 1), np.int32)
-        out = {"lst_ptr": ptr, "lst_tok": tok, "lst_delta": dl, "alw_bits": bits}
-        out = {k: torch.from_numpy(np.ascontiguousarray(v)).to(device) for k, v in out.items()}
-        out.update(dense_always=dense, alw_words=int(bits.shape[1]), search_steps=search_steps(ptr))
-        return out
-
     def _class_offsets(self) -> np.ndarray:
         """Start of each class order inside `perm` (text mode: three orders; token mode: one)."""
         T = self.tables
@@ -186,29 +161,7 @@ class CompiledMatcher:
 
     def merged_ranges(self):
         """Per ranged node: its ranges and those of its whole chain, disjoint, strongest delta kept."""
-        from .compiler import _merge_one
-
-        T = self.tables
-        n = len(T["has_rng"])
-        ptr, lo, hi, dl = T["rng_ptr"], T["rng_lo"], T["rng_hi"], T["rng_delta"]
-        merged: dict[int, list] = {}
-        out_ptr = np.zeros(n + 1, np.int64)
-        out_lo, out_hi, out_d = [], [], []
-        for m in range(n):
-            if T["has_rng"][m]:
-                own = list(zip(lo[ptr[m]:ptr[m + 1]].tolist(), hi[ptr[m]:ptr[m + 1]].tolist(),
-                               dl[ptr[m]:ptr[m + 1]].tolist()))
-                nxt = int(T["out_next"][m])
-                items = own + (merged[nxt] if nxt >= 0 else [])
-                items.sort()
-                pieces = _merge_one([a for a, _, _ in items], [b for _, b, _ in items], [d for _, _, d in items])
-                merged[m] = pieces
-                out_lo.extend(a for a, _, _ in pieces)
-                out_hi.extend(b for _, b, _ in pieces)
-                out_d.extend(d for _, _, d in pieces)
-            out_ptr[m + 1] = len(out_lo)
-        return (out_ptr, np.asarray(out_lo, np.int64), np.asarray(out_hi, np.int64),
-                np.asarray(out_d, np.float32))
+        return merged_ranges(self.tables)
 
     # ---- statistics and persistence ----
     def stats(self) -> dict:
@@ -251,6 +204,52 @@ class CompiledMatcher:
             raise CullError(f"cannot read compiled tables {str(path)!r}: {exc}. Delete the file to recompile") from None
         return cls(tables, token_bytes, mode=meta["mode"], fold_case=meta["fold_case"], radix=meta["radix"],
                    meta=meta)
+
+
+def merged_ranges(T):
+    """Per ranged node: its ranges and those of its whole chain, disjoint, strongest delta kept."""
+    from .compiler import _merge_one
+
+    n = len(T["has_rng"])
+    ptr, lo, hi, dl = T["rng_ptr"], T["rng_lo"], T["rng_hi"], T["rng_delta"]
+    merged: dict[int, list] = {}
+    out_ptr = np.zeros(n + 1, np.int64)
+    out_lo, out_hi, out_d = [], [], []
+    for m in range(n):
+        if T["has_rng"][m]:
+            own = list(zip(lo[ptr[m]:ptr[m + 1]].tolist(), hi[ptr[m]:ptr[m + 1]].tolist(),
+                           dl[ptr[m]:ptr[m + 1]].tolist()))
+            nxt = int(T["out_next"][m])
+            items = own + (merged[nxt] if nxt >= 0 else [])
+            items.sort()
+            pieces = _merge_one([a for a, _, _ in items], [b for _, b, _ in items], [d for _, _, d in items])
+            merged[m] = pieces
+            out_lo.extend(a for a, _, _ in pieces)
+            out_hi.extend(b for _, b, _ in pieces)
+            out_d.extend(d for _, _, d in pieces)
+        out_ptr[m + 1] = len(out_lo)
+    return (out_ptr, np.asarray(out_lo, np.int64), np.asarray(out_hi, np.int64),
+            np.asarray(out_d, np.float32))
+
+
+def _kernel_lists(T, all_ban: bool, n_tokens: int, device) -> dict:
+    """Flat token lists for the Triton kernel (see cull/token_lists.py): each node's own tokens
+    (bans) or its chain's merged tokens sorted by id (biases), and dense always-bitmasks."""
+    import torch
+
+    from .token_lists import DENSE_ALWAYS_MIN, always_bits, node_token_lists, search_steps
+
+    if all_ban:
+        ptr, tok, dl = node_token_lists(T["rng_ptr"], T["rng_lo"], T["rng_hi"], T["rng_delta"], T["perm"], False)
+    else:
+        mp, ml, mh, md = merged_ranges(T)
+        ptr, tok, dl = node_token_lists(mp, ml, mh, md, T["perm"], True)
+    dense = all_ban and int(np.diff(T["alw_ptr"]).max(initial=0)) >= DENSE_ALWAYS_MIN
+    bits = always_bits(T["alw_ptr"], T["alw_tok"], n_tokens) if dense else np.zeros((3, 1), np.int32)
+    out = {"lst_ptr": ptr, "lst_tok": tok, "lst_delta": dl, "alw_bits": bits}
+    out = {k: torch.from_numpy(np.ascontiguousarray(v)).to(device) for k, v in out.items()}
+    out.update(dense_always=dense, alw_words=int(bits.shape[1]), search_steps=search_steps(ptr))
+    return out
 
 
 def _max_chain(has, nxt) -> int:

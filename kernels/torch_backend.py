@@ -3,7 +3,7 @@
 Each row's chain of ranged nodes is unrolled to the compile-time bound `max_chain`; its ranges are
 expanded into (row, token, delta) triples with repeat-and-offset arithmetic (numpy on CPU, where
 tiny torch ops cost more than the work; torch on a GPU). Long always-lists are applied densely,
-grouped by class: one `minimum` against a [V] cap row, a cost that does not grow with the phrase
+grouped by class: one masked fill against a [V] ban mask, a cost that does not grow with the phrase
 count. On CPU, bans cache each visited node's token list, so a step is one `index_fill_`/
 `index_put_`. Biases take the minimum delta per (row, token) and are added once, in fp32, rounded
 once to the logits' dtype.
@@ -54,18 +54,17 @@ def range_triples(nodes, T):
     return cr[seg][seg2], (tok.astype(np.int64) if xp is np else tok.long()), T["rng_delta"][r][seg2]
 
 
-def _cap_rows(logits, classes, cap):
-    """logits = min(logits, cap[class of row]) for the always-lists (class -1: leave the row)."""
-    W = min(logits.shape[1], cap.shape[1])
+def _ban_rows(logits, classes, alw_ban):
+    """-inf wherever the row's class always-list bans a token (class -1: leave the row). A masked
+    fill, not a minimum, so a NaN logit on a banned token becomes -inf too."""
+    W = min(logits.shape[1], alw_ban.shape[1])
     if logits.device.type == "cpu":  # one fused op per row beats a [B, V] gather on a CPU
         for r, c in enumerate(classes.tolist()):
             if c >= 0:
-                torch.minimum(logits[r, :W], cap[c, :W], out=logits[r, :W])
+                logits[r, :W].masked_fill_(alw_ban[c, :W], NEG_INF)
         return
-    part = logits[:, :W]
-    rows = cap.index_select(0, classes.clamp(min=0))[:, :W]
-    rows = torch.where((classes >= 0)[:, None], rows, torch.full_like(rows, float("inf")))
-    torch.minimum(part, rows, out=part)
+    mask = alw_ban.index_select(0, classes.clamp(min=0))[:, :W] & (classes >= 0)[:, None]
+    logits[:, :W].masked_fill_(mask, NEG_INF)
 
 
 DENSE_ALWAYS = 0  # always-lists longer than this are applied densely: one minimum over V, whatever the phrase count
@@ -100,16 +99,15 @@ def _apply_bans_cpu(logits, nodes_host, classes_host, T):
         c = int(classes_host[0])
         row = logits[0]
         if dense[c]:
-            cap = T["alw_cap"](logits.dtype)
-            W = min(V, cap.shape[1])
-            torch.minimum(row[:W], cap[c, :W], out=row[:W])
+            W = min(V, T["alw_ban"].shape[1])
+            row[:W].masked_fill_(T["alw_ban"][c, :W], NEG_INF)
         else:
             _fill(row, alw[c])
         _fill(row, _chain_tokens_cpu(int(nodes_host[0]), T))
         return logits
     cls_list = classes_host.tolist()
     if any(dense[c] for c in cls_list):
-        _cap_rows(logits, np.where([dense[c] for c in cls_list], classes_host, -1), T["alw_cap"](logits.dtype))
+        _ban_rows(logits, torch.from_numpy(np.where([dense[c] for c in cls_list], classes_host, -1)), T["alw_ban"])
     toks = [_chain_tokens_cpu(n, T) for n in nodes_host.tolist()]
     toks = [t if dense[c] else torch.cat([t, alw[c]]) for t, c in zip(toks, cls_list)]
     rows = torch.repeat_interleave(torch.arange(B), torch.tensor([len(t) for t in toks]))
@@ -140,7 +138,7 @@ def apply_rules_torch(logits: torch.Tensor, nodes, classes, T) -> torch.Tensor:
     if not bool(keep.all()):
         rows, tok, d = rows[keep], tok[keep], d[keep]
     if T["all_ban"]:
-        _cap_rows(logits, torch.as_tensor(classes, device=dev).long(), T["alw_cap"](logits.dtype))
+        _ban_rows(logits, torch.as_tensor(classes, device=dev).long(), T["alw_ban"])
         if len(tok):
             logits.index_put_((rows.to(dev), tok.to(dev)), torch.tensor(NEG_INF, dtype=logits.dtype, device=dev))
         return logits
@@ -152,8 +150,7 @@ def apply_rules_torch(logits: torch.Tensor, nodes, classes, T) -> torch.Tensor:
     best.scatter_reduce_(0, inv, d.float(), reduce="amin")
     urow, utok = uniq // V, uniq % V
     best = torch.minimum(best, T["alw_min"][classes_t[urow], utok])
-    view = logits.view(-1)
-    orig = view[uniq].float()
+    orig = logits[urow, utok].float()  # 2-D indexing: any strides (vLLM hands over padded-vocab slices)
     # always-lists densely, then the range positions are rewritten from their original values
     W = min(V, T["alw_min"].shape[1])
     part = logits[:, :W]
@@ -161,5 +158,5 @@ def apply_rules_torch(logits: torch.Tensor, nodes, classes, T) -> torch.Tensor:
     hit = alw != float("inf")
     part.copy_(torch.where(hit, torch.where(alw == NEG_INF, NEG_INF, part.float() + alw), part.float())
                .to(logits.dtype))
-    view[uniq] = torch.where(best == NEG_INF, NEG_INF, orig + best).to(logits.dtype)
+    logits[urow, utok] = torch.where(best == NEG_INF, NEG_INF, orig + best).to(logits.dtype)
     return logits

@@ -165,8 +165,13 @@ def _table_args(T):
 
 def _launch(logits, nodes, classes, T, step=None, apply=True):
     _require()
-    if apply and logits.stride(1) != 1:
-        raise ValueError("the triton backend needs logits with unit stride along the vocabulary")
+    if apply and logits.shape[1] > 1 and logits.stride(1) != 1:
+        # the kernel walks a row with unit stride; any row stride is fine (a padded-vocabulary
+        # slice needs no copy), a strided vocabulary axis goes through a contiguous copy
+        dense = logits.contiguous()
+        _launch(dense, nodes, classes, T, step, apply)
+        logits.copy_(dense)
+        return
     T = with_lists(T)
     B = nodes.shape[0]
     split = split_for(B, T) if apply else 1

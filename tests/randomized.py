@@ -83,3 +83,53 @@ def run_backends(matcher, states, V, dtype, backends, seed):
     return base, outs
 
 
+
+
+def strided_view(B: int, V: int, dtype, kind: str, seed: int):
+    """A [B, V] logits view laid out as engines hand it over, plus the storage it lives in:
+    `padded` (vLLM's logits[:, :org_vocab] of a padded vocabulary), `rows` (every other row of a
+    bigger batch), `transposed` (vocabulary axis not unit-stride), `contiguous`."""
+    g = torch.Generator().manual_seed(seed)
+    if kind == "padded":
+        store = (torch.randn(B, V + 47, generator=g) * 4).to(dtype)
+        return store, store[:, :V]
+    if kind == "rows":
+        store = (torch.randn(2 * B, V, generator=g) * 4).to(dtype)
+        return store, store[1::2]
+    if kind == "transposed":
+        store = (torch.randn(V, B, generator=g) * 4).to(dtype)
+        return store, store.t()
+    store = (torch.randn(B, V, generator=g) * 4).to(dtype)
+    return store, store
+
+
+def poison_banned(view, matcher, states, rng) -> None:
+    """Put NaN and +inf on some tokens each row bans: a ban must win over any input value."""
+    for r, st in enumerate(states):
+        banned = [t for t, d in matcher.banned(st).items() if d == float("-inf") and t < view.shape[1]]
+        for t in rng.sample(banned, min(3, len(banned))):
+            view[r, t] = rng.choice([float("nan"), float("inf")])
+
+
+def check_view_against_reference(matcher, states, V, dtype, kind, backend, seed):
+    """Apply `backend` to a strided view with poisoned banned logits; compare with the reference on
+    a contiguous copy, and check the storage outside the view is untouched."""
+    rng = random.Random(seed)
+    store, view = strided_view(len(states), V, dtype, kind, seed)
+    poison_banned(view, matcher, states, rng)
+    before = store.clone()
+    want = view.clone().contiguous()
+    nodes = torch.tensor([s[0] for s in states])
+    classes = torch.tensor([s[1] for s in states])
+    tables = matcher.device_tables("cpu")
+    apply_rules(want, nodes, classes, tables, backend="reference")
+    apply_rules(view, nodes, classes, tables, backend=backend)
+    outside = torch.ones_like(store, dtype=torch.bool)
+    if kind == "padded":
+        outside[:, :V] = False
+    elif kind == "rows":
+        outside[1::2] = False
+    else:
+        outside[:] = False
+    assert torch.equal(store[outside], before[outside]), "wrote outside the view"
+    return want, view.clone()

@@ -70,3 +70,27 @@ def test_dense_always_path_matches_reference(seed, monkeypatch):
     states = random_states(matcher, len(tb), 6, rng)
     base, outs = run_backends(matcher, states, len(tb), torch.float32, ["reference", "torch"], seed)
     assert torch.equal(outs["reference"], outs["torch"])
+
+
+@pytest.mark.parametrize("seed", range(8))
+@pytest.mark.parametrize("kind", ["padded", "rows", "transposed"])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16])
+def test_backends_edit_strided_views(seed, kind, dtype, monkeypatch):
+    """vLLM hands over logits[:, :org_vocab] of a padded vocabulary and row subsets; HF may pass any
+    view. Every backend edits such views in place, NaN/+inf on a banned token become -inf."""
+    import cull.kernels.torch_backend as tbk
+
+    from randomized import check_view_against_reference
+
+    if seed % 2:
+        monkeypatch.setattr(tbk, "DENSE_ALWAYS", 0)  # the dense always-list path too
+    rng = random.Random(700 + seed)
+    vocab, tb, special, rules, matcher = build(rng, 80, rng.randint(1, 8), bias=seed % 4 >= 2)
+    states = random_states(matcher, len(tb), rng.choice([1, 3, 6]), rng)
+    want, got = check_view_against_reference(matcher, states, len(tb), dtype, kind, "torch", seed)
+    assert torch.equal(want.isnan(), got.isnan())
+    assert torch.equal(want.nan_to_num(), got.nan_to_num())
+    for r, st in enumerate(states):  # the poisoned bans really became -inf
+        for t, d in matcher.banned(st).items():
+            if d == float("-inf"):
+                assert got[r, t] == float("-inf")

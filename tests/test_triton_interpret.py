@@ -79,3 +79,17 @@ def cull_compile(rules, vocab):
     import cull
 
     return cull.compile_rules(rules, vocab, cache=False)
+
+
+@pytest.mark.parametrize("seed", range(4))
+@pytest.mark.parametrize("kind", ["padded", "rows", "transposed"])
+def test_triton_edits_strided_views(seed, kind):
+    from randomized import check_view_against_reference
+
+    rng = random.Random(900 + seed)
+    vocab, toks, special, rules, matcher = build(rng, 70, rng.randint(1, 6), bias=seed % 2 == 1)
+    states = random_states(matcher, len(toks), rng.choice([1, 3]), rng)
+    want, got = check_view_against_reference(matcher, states, len(toks), torch.float32, kind, "triton", seed)
+    assert torch.equal(want == float("-inf"), got == float("-inf"))
+    assert torch.equal(want.isnan(), got.isnan())
+    torch.testing.assert_close(got.nan_to_num(), want.nan_to_num(), rtol=0, atol=0)
