@@ -1,8 +1,17 @@
-"""`compile_rules`: rules + tokenizer -> CompiledMatcher, through an on-disk cache (.npz, no pickle)."""
+"""`compile_rules`: rules + tokenizer -> CompiledMatcher, through an on-disk cache (.npz, no pickle).
+
+The cache is bounded: `$CULL_CACHE_MIB` (default 1024) MiB of compiled tables, least recently used
+dropped first (a hit refreshes the file's mtime). Several processes may share the folder: files are
+written under a temporary name and renamed into place, and every reader or pruner treats a file
+that vanished or is unreadable as a miss. A file whose stored fingerprint (vocabulary, rules) does
+not match its key is recompiled and rewritten, never trusted.
+"""
 from __future__ import annotations
 
+import os
 import sys
 import time
+from pathlib import Path
 
 from .compiled import CompiledMatcher, cache_dir, cache_key
 from .compiler import DEFAULT_MAX_SYMBOLS, build_tables
@@ -74,25 +83,97 @@ def compile_rules(
     if cache:
         key = cache_key("text", vocab.fingerprint(), rules.fingerprint(), str(max_symbols))
         path = cache_dir() / f"{key}.npz"
+    fingerprint = f"{vocab.fingerprint()}:{rules.fingerprint()}:{max_symbols}"
     if cache and path.exists():
-        try:
-            matcher = CompiledMatcher.load(path, vocab.token_bytes)
-            matcher.meta["from_cache"] = True
+        matcher = _load_checked(path, vocab, fingerprint)
+        if matcher is not None:
             return matcher
-        except CullError:
-            path.unlink(missing_ok=True)  # a corrupt or stale cache file is rebuilt, not trusted
     t0 = time.perf_counter()
     tables = build_tables(rules, vocab.token_bytes, vocab.special_ids, keys=_token_keys(vocab, rules),
                           max_symbols=max_symbols, progress=_progress_printer(progress))
     meta = {"n_patterns": int(tables["n_patterns"]), "depth": int(tables["depth"]),
             "n_tokens": len(vocab.token_bytes), "compile_s": time.perf_counter() - t0,
             "perm_off": [int(x) for x in tables["perm_off"]],
-            "timings": tables["timings"], "from_cache": False}
+            "timings": tables["timings"], "from_cache": False, "fingerprint": fingerprint}
     matcher = CompiledMatcher(tables, vocab.token_bytes, mode="text", fold_case=rules.options.ignore_case,
                               meta=meta)
     if cache:
         try:
             matcher.save(path)
+            prune_cache(path.parent)
         except OSError:
             pass  # a read-only home is not an error; we just recompile next time
     return matcher
+
+
+def _load_checked(path: Path, vocab: TokenVocab, fingerprint: str):
+    """The cached matcher, or None (the file is then recompiled and atomically replaced): a
+    truncated or corrupt file, another list's tables under this key, or a file another process
+    just pruned are all misses, never errors."""
+    try:
+        matcher = CompiledMatcher.load(path, vocab.token_bytes)
+    except CullError:
+        return None
+    if matcher.meta.get("fingerprint") != fingerprint:
+        return None
+    matcher.meta["from_cache"] = True
+    try:
+        os.utime(path)  # least recently *used*: a hit counts
+    except OSError:
+        pass
+    return matcher
+
+
+DEFAULT_CACHE_MIB = 1024.0
+STALE_TMP_S = 3600.0  # a temporary file this old belongs to a writer that died
+
+
+def cache_limit_bytes() -> float:
+    raw = os.environ.get("CULL_CACHE_MIB", "")
+    try:
+        mib = float(raw) if raw else DEFAULT_CACHE_MIB
+    except ValueError:
+        raise CullError(f"CULL_CACHE_MIB must be a number of MiB (the compile cache's size bound), got {raw!r}") from None
+    if mib < 0:
+        raise CullError(f"CULL_CACHE_MIB must be >= 0, got {raw!r}")
+    return mib * 2**20
+
+
+def prune_cache(folder: Path, limit_bytes: float | None = None) -> int:
+    """Delete the least recently used compiled tables until the folder holds at most `limit_bytes`;
+    returns how many files were removed. Safe against concurrent writers and pruners."""
+    limit = cache_limit_bytes() if limit_bytes is None else limit_bytes
+    entries = []
+    now = time.time()
+    removed = 0
+    try:
+        scan = list(os.scandir(folder))
+    except OSError:
+        return 0
+    for e in scan:
+        if not e.name.endswith(".npz"):
+            continue
+        try:
+            st = e.stat()
+        except OSError:
+            continue  # removed by another process meanwhile
+        if ".tmp." in e.name:
+            if now - st.st_mtime > STALE_TMP_S:
+                removed += _unlink(e.path)
+            continue
+        entries.append((st.st_mtime, st.st_size, e.path))
+    total = sum(size for _, size, _ in entries)
+    for _, size, p in sorted(entries):
+        if total <= limit:
+            break
+        removed += _unlink(p)
+        total -= size
+    return removed
+
+
+def _unlink(path) -> int:
+    try:
+        os.unlink(path)
+        return 1
+    except OSError:
+        return 0

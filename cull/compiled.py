@@ -11,6 +11,7 @@ import hashlib
 import json
 import math
 import os
+import threading
 from pathlib import Path
 
 import numpy as np
@@ -183,7 +184,7 @@ class CompiledMatcher:
                            "format": FORMAT_VERSION, "max_chain": self.max_chain, "all_ban": self.all_ban})
         path = Path(path)
         path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(path.name + f".{os.getpid()}.tmp.npz")
+        tmp = path.with_name(path.name + f".{os.getpid()}-{threading.get_ident()}.tmp.npz")
         np.savez(tmp, meta=np.frombuffer(meta.encode(), dtype=np.uint8), **self.tables)
         os.replace(tmp, path)
 
@@ -200,7 +201,9 @@ class CompiledMatcher:
                 if missing:
                     raise CullError(f"{path}: the cached tables lack {sorted(missing)}")
                 tables = {k: z[k] for k in ARRAYS}
-        except (OSError, ValueError, KeyError) as exc:
+        except CullError:
+            raise
+        except Exception as exc:  # BadZipFile, EOFError, zlib errors...: whatever a damaged file raises
             raise CullError(f"cannot read compiled tables {str(path)!r}: {exc}. Delete the file to recompile") from None
         return cls(tables, token_bytes, mode=meta["mode"], fold_case=meta["fold_case"], radix=meta["radix"],
                    meta=meta)

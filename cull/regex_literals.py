@@ -21,15 +21,15 @@ def _expand(node, limit):
             alts = []
             for branch in av[1]:
                 sub = _expand(branch, limit)
-                if sub is None:
+                if sub is None or len(alts) + len(sub) > limit:
                     return None
                 alts.extend(sub)
         elif op is C.IN and all(o is C.LITERAL for o, _ in av):
             alts = [chr(v) for _, v in av]
         elif op in (C.MAX_REPEAT, C.MIN_REPEAT) and av[1] <= 3:
             sub = _expand(av[2], limit)
-            if sub is None:
-                return None
+            if sub is None or sum(len(sub) ** k for k in range(av[0], av[1] + 1)) > limit:
+                return None  # counted before anything is built: `(..){3}` must not build 256**3 strings
             alts = []
             for k in range(av[0], av[1] + 1):
                 parts = [""]
@@ -38,9 +38,9 @@ def _expand(node, limit):
                 alts.extend(parts)
         else:
             return None
-        out = [a + b for a in out for b in alts]
-        if len(out) > limit:
+        if len(out) * len(alts) > limit or len(alts) > limit:
             return None
+        out = [a + b for a in out for b in alts]
     return out
 
 

@@ -54,3 +54,53 @@ def test_bad_settings_are_refused_with_a_fix(extra, msg):
 def test_parsed_settings_are_reused():
     a = parse_settings({"cull": {"phrases": ["delve"]}})
     assert parse_settings({"cull": {"phrases": ["delve"]}}) is a
+
+
+@pytest.mark.parametrize("value,want", [(True, True), (False, False), (1, True), (0, False), ("true", True),
+                                        ("false", False), ("TRUE", True), ("1", True), ("0", False), (1.0, True)])
+@pytest.mark.parametrize("key", ["include_prompt", "whole_words"])
+def test_booleans_as_vllm_delivers_them(key, value, want):
+    """vLLM's HTTP layer turns JSON true in vllm_xargs into 1: every spelling works, flat and nested."""
+    flat = parse_settings({"cull_phrases": ["delve"], f"cull_{key}": value})
+    nested = parse_settings({"cull": {"phrases": ["delve"], key: value}})
+    for req in (flat, nested):
+        got = req.include_prompt if key == "include_prompt" else req.rules.options.whole_words
+        assert got is want
+
+
+@pytest.mark.parametrize("value", [2, -1, "yes", "on", None, [True], 0.5])
+def test_bad_booleans_are_refused(value):
+    with pytest.raises(cull.CullError, match="true or false"):
+        parse_settings({"cull_phrases": ["delve"], "cull_include_prompt": value})
+
+
+def test_every_documented_key_works_flat_and_nested(tmp_path, monkeypatch):
+    (tmp_path / "slop.txt").write_text("tapestry\n")
+    monkeypatch.setenv("CULL_LISTS_DIR", str(tmp_path))
+    settings = {"phrases": ["delve"], "list": "slop", "mode": "bias", "bias": "-2.5", "include_prompt": 1,
+                "whole_words": "false"}
+    flat = parse_settings({f"cull_{k}": v for k, v in settings.items()})
+    nested = parse_settings({"cull": json.dumps(settings)})
+    for req in (flat, nested):
+        assert sorted(r.phrase for r in req.rules) == ["delve", "tapestry"]
+        assert all(r.action == "bias" and r.delta == -2.5 for r in req.rules)
+        assert req.include_prompt and not req.rules.options.whole_words
+
+
+def test_admission_is_bounded_by_the_limits_not_the_request():
+    """A 1,000,000-phrase request and an exploding regex are refused in bounded time."""
+    import time
+
+    from cull.integrations import request_settings as rs
+
+    t0 = time.perf_counter()
+    with pytest.raises(cull.CullError, match="exceed this server's limit"):
+        parse_settings({"cull": {"phrases": [f"phrase number {i}" for i in range(1_000_000)]}})
+    million_s = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    with pytest.raises(cull.CullError, match="finite set of literals"):
+        parse_settings({"cull_phrases": ["re:([abcdefghijklmnop][abcdefghijklmnop]){3}"]})
+    regex_s = time.perf_counter() - t0
+    # generous bounds for a loaded CI machine; the benchmark reports the real figures
+    assert million_s < 5 * 0.5 and regex_s < 5 * 0.05, (million_s, regex_s)
+    assert rs.MAX_PHRASES < 1_000_000

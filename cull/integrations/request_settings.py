@@ -11,7 +11,13 @@ A request asks for cull through `SamplingParams.extra_args` (`vllm_xargs` over t
 Keys: `phrases` (inline) and/or `list` (names of lists in the folder `$CULL_LISTS_DIR`, any format
 `PhraseSet.load` reads), `mode` (`ban` or `bias`; default: the file's own actions, else ban),
 `bias` (the delta for `mode=bias`, default -5), `include_prompt` (bool), `whole_words` (bool).
-Anything else is an error, so a typo is reported rather than ignored.
+Anything else is an error, so a typo is reported rather than ignored. Booleans accept true/false,
+1/0 and "true"/"false" (vLLM's HTTP layer turns a JSON `true` in `vllm_xargs` into 1); `bias`
+accepts a number or a numeric string.
+
+Admission runs on the API server's event loop, so its work is bounded by the limits, not by the
+request: phrases are counted and measured before any rule is built, and regex literals are
+expanded only up to their limit.
 """
 from __future__ import annotations
 
@@ -22,6 +28,7 @@ from collections import OrderedDict
 from dataclasses import dataclass
 from pathlib import Path
 
+from ..compiler import DEFAULT_MAX_SYMBOLS
 from ..errors import CullError
 from ..rules import PhraseSet
 
@@ -118,6 +125,27 @@ def _list_times(lists) -> str:
     return folder + "|" + ",".join(out)
 
 
+def _flag(key: str, v) -> bool:
+    if isinstance(v, bool):
+        return v
+    if isinstance(v, (int, float)) and v in (0, 1):
+        return bool(v)
+    if isinstance(v, str) and v.strip().lower() in ("true", "false", "1", "0"):
+        return v.strip().lower() in ("true", "1")
+    _fail(f"'{key}' must be true or false (also accepted: 1/0, \"true\"/\"false\"), got {v!r}")
+
+
+def _number(key: str, v) -> float:
+    if isinstance(v, str):
+        try:
+            v = float(v.strip())
+        except ValueError:
+            _fail(f"'{key}' must be a finite number (a logit delta such as -5), got {v!r}")
+    if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v):
+        _fail(f"'{key}' must be a finite number (a logit delta such as -5), got {v!r}")
+    return float(v)
+
+
 def _parse(s: dict) -> RequestRules:
     unknown = set(s) - KEYS
     if unknown:
@@ -127,20 +155,17 @@ def _parse(s: dict) -> RequestRules:
         _fail(f"'mode' must be 'ban' or 'bias', got {mode!r}")
     bias = s.get("bias", DEFAULT_BIAS if mode == "bias" else None)
     if bias is not None:
-        if isinstance(bias, bool) or not isinstance(bias, (int, float)) or not math.isfinite(bias):
-            _fail(f"'bias' must be a finite number (a logit delta such as -5), got {bias!r}")
+        bias = _number("bias", bias)
         if mode != "bias":
             _fail("'bias' is given but 'mode' is not 'bias'; add \"mode\": \"bias\"")
-    flags = {}
-    for key in ("include_prompt", "whole_words"):
-        v = s.get(key, key == "whole_words")
-        if not isinstance(v, bool):
-            _fail(f"'{key}' must be true or false, got {v!r}")
-        flags[key] = v
+    flags = {key: _flag(key, s.get(key, key == "whole_words")) for key in ("include_prompt", "whole_words")}
     phrases = s.get("phrases", [])
     if isinstance(phrases, str):
         phrases = [phrases]
-    if not isinstance(phrases, list) or not all(isinstance(p, str) for p in phrases):
+    if not isinstance(phrases, list):
+        _fail("'phrases' must be a list of strings")
+    _check_size(phrases)
+    if not all(isinstance(p, str) for p in phrases):
         _fail("'phrases' must be a list of strings")
     lists = s.get("list", [])
     lists = [lists] if isinstance(lists, str) else lists
@@ -148,19 +173,52 @@ def _parse(s: dict) -> RequestRules:
         _fail("'list' must be a list name or a list of names")
     rules = []
     for name in lists:
-        rules.extend(PhraseSet.load(_list_path(name), action=mode, bias=bias, allow_symbols=True).rules)
+        rules.extend(server_list(name, mode, bias).rules)
+        if len(rules) > MAX_PHRASES:
+            _too_many(len(rules))
     if phrases:
         rules.extend(PhraseSet(phrases, action=mode or "ban", bias=bias, allow_symbols=True).rules)
     if not rules:
         _fail("no phrases: give 'phrases' (a list of strings) or 'list' (a server-side list name)")
     if len(rules) > MAX_PHRASES:
-        _fail(f"{len(rules):,} phrases exceed this server's limit of {MAX_PHRASES:,} "
-              "(set CULL_MAX_REQUEST_PHRASES to raise it)")
+        _too_many(len(rules))
     ps = PhraseSet(rules, whole_words=flags["whole_words"])
     # everything compiling could refuse is checked here, at admission: an error once the request is
     # in the engine's batch could only be raised inside the engine
-    from ..compiler import DEFAULT_MAX_SYMBOLS
     from ..patterns import compile_patterns
 
     compile_patterns(ps, DEFAULT_MAX_SYMBOLS)  # also expands finite regexes, refusing the others
     return RequestRules(ps, flags["include_prompt"])
+
+
+def _too_many(n: int):
+    _fail(f"{n:,} phrases exceed this server's limit of {MAX_PHRASES:,} (set CULL_MAX_REQUEST_PHRASES to raise it)")
+
+
+def _check_size(phrases: list) -> None:
+    """Refuse an oversized list before a single rule is built: count, then characters (each is at
+    least one symbol of the compile budget)."""
+    if len(phrases) > MAX_PHRASES:
+        _too_many(len(phrases))
+    chars = sum(len(p) for p in phrases if isinstance(p, str))
+    if chars > DEFAULT_MAX_SYMBOLS:
+        _fail(f"the phrases hold {chars:,} characters, over the compile budget of {DEFAULT_MAX_SYMBOLS:,} "
+              "symbols; send fewer or shorter phrases")
+
+
+_LISTS: "OrderedDict[tuple, PhraseSet]" = OrderedDict()
+
+
+def server_list(name, mode, bias) -> PhraseSet:
+    """A server-side list, parsed once per (file, mtime, mode, bias)."""
+    path = _list_path(name)
+    key = (str(path), path.stat().st_mtime_ns, mode, bias)
+    hit = _LISTS.get(key)
+    if hit is None:
+        hit = PhraseSet.load(path, action=mode, bias=bias, allow_symbols=True)
+        _LISTS[key] = hit
+        while len(_LISTS) > 16:
+            _LISTS.popitem(last=False)
+    else:
+        _LISTS.move_to_end(key)
+    return hit
