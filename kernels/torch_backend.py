@@ -70,6 +70,9 @@ def _ban_rows(logits, classes, alw_ban):
 DENSE_ALWAYS = 0  # always-lists longer than this are applied densely: one minimum over V, whatever the phrase count
 
 
+CHAIN_CACHE_ELEMS = 1 << 19  # token ids cached per matcher (4 MiB)
+
+
 def _chain_tokens_cpu(node: int, T) -> torch.Tensor:
     """The tokens a node's chain bans, cached per node (bans only): on a CPU every op costs
     microseconds, so a visited state's token list is computed once."""
@@ -78,8 +81,11 @@ def _chain_tokens_cpu(node: int, T) -> torch.Tensor:
     if hit is None:
         _, tok, _ = range_triples(np.asarray([node], dtype=np.int64), T["np"])
         hit = torch.from_numpy(np.unique(tok))
-        if len(cache) > 200_000:
+        size = T.get("chain_cache_elems", 0) + len(hit)
+        if size > CHAIN_CACHE_ELEMS:  # bounded: a server keeps hundreds of matchers alive
             cache.clear()
+            size = len(hit)
+        T["chain_cache_elems"] = size
         cache[node] = hit
     return hit
 

@@ -42,6 +42,7 @@ LISTS_ENV = "CULL_LISTS_DIR"
 class RequestRules:
     rules: PhraseSet
     include_prompt: bool
+    source: str = "inline"  # for the compile log line: "inline" or "list NAME"
 
     def key(self) -> str:
         return self.rules.fingerprint()
@@ -188,7 +189,8 @@ def _parse(s: dict) -> RequestRules:
     from ..patterns import compile_patterns
 
     compile_patterns(ps, DEFAULT_MAX_SYMBOLS)  # also expands finite regexes, refusing the others
-    return RequestRules(ps, flags["include_prompt"])
+    source = " + ".join([f"list {n}" for n in lists] + (["inline"] if phrases else []))
+    return RequestRules(ps, flags["include_prompt"], source)
 
 
 def _too_many(n: int):

@@ -31,6 +31,7 @@ import torch
 from ..errors import CullError, require
 from .matcher_cache import MatcherCache
 from .request_settings import parse_settings
+from .serving_metrics import METRICS, log
 
 require("vllm", "vllm")
 from vllm.v1.sample.logits_processor import BatchUpdate, MoveDirectionality  # noqa: E402
@@ -52,19 +53,21 @@ def live_processors() -> list:
 
 
 class _Row:
-    """One request's matcher and automaton state, advanced over its tokens as they come."""
+    """One request's matcher and automaton state, advanced over its tokens as they come. A row
+    whose matcher could not be built (`matcher` None) is served closed: see `_Engine.apply`."""
 
     __slots__ = ("matcher", "include_prompt", "state", "start_state", "done", "tokens")
 
     def __init__(self, matcher, include_prompt: bool):
         self.matcher = matcher
         self.include_prompt = include_prompt
-        self.state = self.start_state = matcher.initial_state()
+        self.state = self.start_state = matcher.initial_state() if matcher is not None else None
         self.done = 0
         self.tokens = None
 
     def advance(self, tokens) -> None:
-        self.state = self.matcher.advance_many(self.state, tokens)
+        if self.matcher is not None:
+            self.state = self.matcher.advance_many(self.state, tokens)
 
     def catch_up(self) -> None:
         """Advance over the output tokens vLLM appended since the last step. An async-scheduling
@@ -83,7 +86,12 @@ class _Row:
 
 
 class _Engine:
-    """What both interfaces share: the tokenizer, the matcher cache and the batched apply."""
+    """What both interfaces share: the tokenizer, the matcher cache and the batched apply.
+
+    Nothing here raises inside the engine: settings were validated at admission, and should
+    building or applying a matcher still fail, the error is logged and the affected rows are served
+    closed (every token but the special ones banned, so the request ends with EOS) for ban lists,
+    or left untouched for bias lists; the other rows of the batch are served normally."""
 
     def __init__(self, vllm_config, device):
         from transformers import AutoTokenizer
@@ -99,38 +107,94 @@ class _Engine:
                             f"({exc}); cull needs a Hugging Face tokenizer to map tokens to text") from exc
         self.vocab = vocab_from_tokenizer(tok, vocab_size=mc.get_vocab_size())
         self.cache = MatcherCache(self.vocab, device)
+        self._closed_masks: dict = {}
+        precompile_server_lists(self.cache)
 
     def new_row(self, params) -> _Row | None:
-        req = parse_settings(getattr(params, "extra_args", None))
+        try:
+            req = parse_settings(getattr(params, "extra_args", None))
+        except Exception as exc:  # admission refused it already; an engine must never raise here
+            log.error("cull: settings refused inside the engine (%s); the request is served closed", exc)
+            return _Row(None, False)
         if req is None:
             return None
-        return _Row(self.cache.get(req.rules), req.include_prompt)
+        try:
+            return _Row(self.cache.get(req.rules, source=req.source), req.include_prompt)
+        except Exception:
+            log.exception("cull: could not compile a request's phrase list; the request is served closed")
+            return _Row(None, False)
+
+    def apply(self, logits: torch.Tensor, rows: dict[int, _Row]) -> None:
+        """Edit logits[i] for every (i, row): one kernel call per distinct matcher."""
+        groups: dict[int, list[int]] = {}
+        closed = []
+        for i, row in rows.items():
+            if row.matcher is None:
+                closed.append(i)
+            else:
+                groups.setdefault(id(row.matcher), []).append(i)
+        for idx in groups.values():
+            try:
+                self._apply_group(logits, rows, idx)
+            except Exception:
+                log.exception("cull: applying a phrase list failed; its rows are served closed")
+                if rows[idx[0]].matcher.all_ban:
+                    closed.extend(idx)
+        if closed:
+            METRICS.failed(len(closed))
+            self._close(logits, closed)
 
     @staticmethod
-    def apply(logits: torch.Tensor, rows: dict[int, _Row]) -> None:
-        """Edit logits[i] for every (i, row): one kernel call per distinct matcher."""
+    def _apply_group(logits, rows, idx) -> None:
         from cull.kernels import apply_rules
 
-        groups: dict[int, list[int]] = {}
-        for i, row in rows.items():
-            groups.setdefault(id(row.matcher), []).append(i)
         B = logits.shape[0]
-        for idx in groups.values():
-            matcher = rows[idx[0]].matcher
-            nodes = torch.tensor([rows[i].state[0] for i in idx], dtype=torch.int64)
-            classes = torch.tensor([rows[i].state[1] for i in idx], dtype=torch.int64)
-            tables = matcher.device_tables(logits.device)
-            if idx == list(range(B)):
-                apply_rules(logits, nodes.to(logits.device), classes.to(logits.device), tables)
-                continue
-            where = torch.tensor(idx, dtype=torch.int64, device=logits.device)
-            sub = logits.index_select(0, where)
-            apply_rules(sub, nodes.to(logits.device), classes.to(logits.device), tables)
-            logits.index_copy_(0, where, sub)
+        for i in idx:
+            if rows[i].tokens is not None:  # V1 rows read vLLM's output list; V2 rows are advanced by the caller
+                rows[i].catch_up()
+        matcher = rows[idx[0]].matcher
+        nodes = torch.tensor([rows[i].state[0] for i in idx], dtype=torch.int64, device=logits.device)
+        classes = torch.tensor([rows[i].state[1] for i in idx], dtype=torch.int64, device=logits.device)
+        tables = matcher.device_tables(logits.device)
+        if idx == list(range(B)):
+            apply_rules(logits, nodes, classes, tables)
+            return
+        where = torch.tensor(idx, dtype=torch.int64, device=logits.device)
+        sub = logits.index_select(0, where)
+        apply_rules(sub, nodes, classes, tables)
+        logits.index_copy_(0, where, sub)
+
+    def _close(self, logits, idx) -> None:
+        """Ban every token that writes text in these rows: the request can only end (EOS)."""
+        key = (logits.shape[1], str(logits.device))
+        mask = self._closed_masks.get(key)
+        if mask is None:
+            mask = torch.ones(logits.shape[1], dtype=torch.bool)
+            special = [t for t in self.vocab.special_ids if t < logits.shape[1]]
+            mask[special] = False
+            mask[len(self.vocab.token_bytes):] = False  # padding ids beyond the tokenizer: never sampled anyway
+            mask = self._closed_masks[key] = mask.to(logits.device)
+        for i in idx:
+            logits[i].masked_fill_(mask, float("-inf"))
 
 
-def _validate(sampling_params) -> None:
-    parse_settings(getattr(sampling_params, "extra_args", None))  # a CullError is a ValueError: HTTP 400
+def precompile_server_lists(cache) -> None:
+    """Compile every list in $CULL_LISTS_DIR (with the file's own actions) when the engine starts,
+    so that no request waits for one; a list that fails is logged, not fatal."""
+    import os
+    from pathlib import Path
+
+    from .request_settings import LISTS_ENV, server_list
+
+    folder = os.environ.get(LISTS_ENV)
+    if not folder or not Path(folder).is_dir():
+        return
+    for path in sorted(Path(folder).iterdir()):
+        if path.is_file() and not path.name.startswith("."):
+            try:
+                cache.get(server_list(path.name, None, None), persist=True, source=f"list {path.name}")
+            except Exception as exc:
+                log.warning("cull: server list %s was not precompiled: %s", path.name, exc)
 
 
 class CullLogitsProcessor(_V1Base):
@@ -184,11 +248,8 @@ class CullLogitsProcessor(_V1Base):
                 rows[a] = rb
 
     def apply(self, logits: torch.Tensor) -> torch.Tensor:
-        if not self.rows:
-            return logits
-        for row in self.rows.values():
-            row.catch_up()
-        self.engine.apply(logits, self.rows)
+        if self.rows:
+            self.engine.apply(logits, self.rows)
         return logits
 
 
@@ -198,8 +259,8 @@ if _V2Base is not None:
         """vLLM Model Runner V2 logits processor: the same per-request phrase lists as
         `CullLogitsProcessor`, reading each request's tokens from the runner's `all_token_ids`.
 
-        Rows are matched to request slots through the step's `LogitsContext`; speculative decoding
-        (several rows per request) is refused with an error."""
+        Rows are matched to request slots through the step's `LogitsContext`. Under speculative
+        decoding each draft row gets its request's state advanced over the drafts before it."""
 
         @classmethod
         def validate_params(cls, sampling_params) -> None:
@@ -224,15 +285,25 @@ if _V2Base is not None:
             if not self.slots:
                 return logits
             slots = [int(s) for s in ctx.idx_mapping_np]
-            if logits.shape[0] != len(slots):
-                raise CullError(f"cull got {logits.shape[0]} logits rows for {len(slots)} requests: speculative "
-                                "decoding is not supported by cull's vLLM processor; turn it off")
-            active = {r: self.slots[s] for r, s in enumerate(slots) if s in self.slots}
-            if not active:
+            if not any(s in self.slots for s in slots):
                 return logits
-            self._catch_up(active, slots, ctx)
-            self.engine.apply(logits, active)
+            try:
+                if logits.shape[0] == len(slots):  # one row per request: no speculative rows
+                    active = {r: self.slots[s] for r, s in enumerate(slots) if s in self.slots}
+                    self._catch_up(active, slots, ctx)
+                    self.engine.apply(logits, active)
+                else:
+                    self._apply_speculative(logits, ctx)
+            except Exception:  # never inside the engine: serve this step's cull rows closed
+                log.exception("cull: the V2 step failed; its cull rows are served closed")
+                rows = self._rows_of(ctx)
+                self.engine._close(logits, [r for r, s in enumerate(rows) if s in self.slots
+                                            and (self.slots[s].matcher is None or self.slots[s].matcher.all_ban)])
             return logits
+
+        @staticmethod
+        def _rows_of(ctx) -> list[int]:
+            return [int(s) for s in ctx.expanded_idx_mapping.tolist()]
 
         def _catch_up(self, active: dict[int, _Row], slots: list[int], ctx) -> None:
             """Advance each row over its tokens since its last step: committed history from
@@ -259,6 +330,41 @@ if _V2Base is not None:
                 row.advance(flat[k:k + n])
                 row.done = end
                 k += n
+
+        def _apply_speculative(self, logits: torch.Tensor, ctx) -> None:
+            """Speculative decoding: a request owns one row per draft position. The row at local
+            position j samples after the committed tokens, the request's first input token and
+            drafts 1..j; so each row's state is its request's committed state advanced over the
+            inputs of its own request's rows up to itself. Only committed tokens move `done`:
+            rejected drafts need no rollback."""
+            rows = self._rows_of(ctx)
+            local = ctx.expanded_local_pos.tolist()
+            pos = ctx.pos.tolist()
+            inputs = ctx.input_ids.tolist()
+            history = self.req_states.all_token_ids.gpu
+            prompt_len = self.req_states.prompt_len.np
+            by_slot: dict[int, list[int]] = {}
+            for r, s in enumerate(rows):
+                if s in self.slots:
+                    by_slot.setdefault(s, []).append(r)
+            states: dict[int, _Row] = {}
+            for s, rs in by_slot.items():
+                row = self.slots[s]
+                rs.sort(key=lambda r: local[r])
+                first = rs[0]
+                start = row.done if row.done is not None else (0 if row.include_prompt else int(prompt_len[s]))
+                end = pos[first] + 1  # committed through the first row's input token
+                if end > start:
+                    row.advance(history[s, start:end - 1].tolist() + [inputs[first]])
+                    row.done = end
+                state = row.state
+                for r in rs:
+                    if r != first:
+                        state = row.matcher.advance(state, inputs[r]) if row.matcher is not None else state
+                    view = _Row(row.matcher, row.include_prompt)
+                    view.state, view.tokens, view.done = state, (), 0
+                    states[r] = view
+            self.engine.apply(logits, states)
 
 else:  # pragma: no cover
     CullLogitsProcessorV2 = None

@@ -14,16 +14,23 @@ from helpers import VOCAB, fake_vllm_config, gpt2_tokenizer
 
 pytestmark = pytest.mark.vllm
 
-LISTS = [None, ["delve"], ["a testament to", "tapestry"], ["spotted spotted", "delv*"]]
+# (phrases, bias): bias None is a ban list; several rows often share a list (n >= 2, or two users)
+LISTS = [None, (("delve",), None), (("a testament to", "tapestry"), None), (("spotted spotted", "delv*"), None),
+         (("a testament to", "tapestry"), -3.0), (("delve", "rich"), -1.5)]
 
 
 class Req:
     def __init__(self, rng, tok):
-        self.phrases = rng.choice(LISTS)
+        self.key = rng.choice(LISTS)
+        self.phrases = list(self.key[0]) if self.key else None
         self.include_prompt = self.phrases is not None and rng.random() < 0.3
         self.prompt = tok.encode(rng.choice([" we", " It was a", " The rich"]))
         self.out: list[int] = []  # the list vLLM hands over and appends to
-        extra = {"cull": {"phrases": self.phrases, "include_prompt": self.include_prompt}} if self.phrases else {}
+        extra = {}
+        if self.key:
+            extra = {"cull": {"phrases": self.phrases, "include_prompt": self.include_prompt}}
+            if self.key[1] is not None:
+                extra["cull"].update(mode="bias", bias=self.key[1])
         from vllm import SamplingParams
 
         self.params = SamplingParams(extra_args=extra)
@@ -34,7 +41,7 @@ def expected(logits, batch, tok, matchers):
     for i, req in enumerate(batch):
         if req.phrases is None:
             continue
-        m = matchers[tuple(req.phrases)]
+        m = matchers[req.key]
         st = m.advance_many(m.initial_state(), (req.prompt if req.include_prompt else []) + req.out)
         apply_rules(out[i:i + 1], torch.tensor([st[0]]), torch.tensor([st[1]]), m.device_tables("cpu"),
                     backend="reference")
@@ -45,8 +52,9 @@ def expected(logits, batch, tok, matchers):
 def test_random_batch_updates_match_reference(seed):
     rng = random.Random(seed)
     tok = gpt2_tokenizer()
-    matchers = {tuple(p): cull.compile_rules(cull.PhraseSet(p), tok, vocab_size=VOCAB) for p in LISTS if p}
-    spell = {p: tok.encode(" " + " ".join(p).replace("*", "e")) for p in matchers}
+    matchers = {k: cull.compile_rules(cull.PhraseSet(list(k[0]), action="bias" if k[1] else "ban", bias=k[1]), tok,
+                                      vocab_size=VOCAB) for k in LISTS if k}
+    spell = {k: tok.encode(" " + " ".join(k[0]).replace("*", "e")) for k in matchers}
     proc = CullLogitsProcessor(fake_vllm_config(), torch.device("cpu"), False)
     batch: list[Req] = []
     acted = 0
@@ -84,13 +92,16 @@ def test_random_batch_updates_match_reference(seed):
         proc.update_state(BatchUpdate(len(batch), removed, added, moved) if (removed or added or moved) else None)
         for req in batch:  # the tokens the last step sampled: often the next token of a phrase
             if req.phrases and rng.random() < 0.7:
-                seq = spell[tuple(req.phrases)]
+                seq = spell[req.key]
                 req.out.append(seq[len(req.out) % len(seq)])
             else:
                 req.out.append(rng.randrange(VOCAB))
-        logits = torch.randn(len(batch), VOCAB)
+        # vLLM hands over logits[:, :org_vocab] of a padded vocabulary: a non-contiguous view
+        padded = torch.randn(len(batch), VOCAB + 47)
+        logits = padded[:, :VOCAB]
         want = expected(logits, batch, tok, matchers)
-        got = proc.apply(logits.clone())
+        orig = logits.clone()
+        got = proc.apply(logits)
         assert torch.equal(got, want), f"step {step}"
-        acted += int((want != logits).any(1).sum())
+        acted += int((want != orig).any(1).sum())
     assert acted > 0  # the rules did act on these runs
