@@ -197,6 +197,10 @@ def precompile_server_lists(cache) -> None:
                 log.warning("cull: server list %s was not precompiled: %s", path.name, exc)
 
 
+def _validate(sampling_params) -> None:
+    parse_settings(getattr(sampling_params, "extra_args", None))  # a CullError is a ValueError: HTTP 400
+
+
 class CullLogitsProcessor(_V1Base):
     """vLLM (V1 model runner) logits processor: bans or biases each request's phrases, whatever
     tokenization the model tries.
