@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 from .errors import RuleError
-from .normalize import BOUNDARY, OTHER, WORD, char_class, spellings, transduce
+from .normalize import BOUNDARY, MAX_SPELLINGS, OTHER, WORD, char_class, spellings, transduce
 from .rules import Options, PhraseSet, Rule
 
 
@@ -51,3 +51,29 @@ def compile_patterns(rules: PhraseSet, max_symbols: int) -> dict[bytes, float]:
             elif rule.delta < old:
                 pats[p] = rule.delta
     return pats
+
+
+def check_compilable(rules: PhraseSet, max_symbols: int) -> None:
+    """Raise exactly what `compile_patterns` would raise, at a fraction of its cost: a server calls
+    this at admission, on its event loop. An ASCII phrase's spellings are counted, not built (only
+    quotes vary), and its symbols are bounded by 2·len + 2 (a boundary at most between every two
+    characters and at each end); the exact work runs only where the bound does not settle it."""
+    if rules.regex_rules:
+        from .regex_literals import expand_regex_rules
+
+        extra = expand_regex_rules(rules.regex_rules)
+    else:
+        extra = []
+    opts = rules.options
+    bound = 0
+    for rule in list(rules.phrase_rules) + extra:
+        ph = rule.phrase
+        if ph.isascii():
+            n = 4 ** ph.count("'") * 3 ** ph.count('"') if opts.fold_quotes else 1
+            if n > MAX_SPELLINGS:
+                rule_patterns(rule, opts)  # raises the full message
+            bound += n * (2 * len(ph) + 2)
+        else:
+            bound += sum(len(p) for p in rule_patterns(rule, opts))
+    if bound > max_symbols:
+        compile_patterns(rules, max_symbols)

@@ -104,3 +104,26 @@ def test_admission_is_bounded_by_the_limits_not_the_request():
     # generous bounds for a loaded CI machine; the benchmark reports the real figures
     assert million_s < 5 * 0.5 and regex_s < 5 * 0.05, (million_s, regex_s)
     assert rs.MAX_PHRASES < 1_000_000
+
+
+@pytest.mark.parametrize("phrases", [
+    ["it's a 'quoted' \"thing\" that's"], ["don't"] * 3, ["'" * 6 + "x"], [("x" * 200 + str(i)) for i in range(300)],
+    ["naïve café", "ÉLISE's"], ["re:colou?r", "ok"], ["a b c"] * 10,
+])
+def test_cheap_admission_check_agrees_with_compile(phrases):
+    """check_compilable refuses exactly what compile_patterns refuses (with a small budget too)."""
+    from cull.patterns import check_compilable, compile_patterns
+
+    ps = cull.PhraseSet(phrases, allow_symbols=True)
+    for budget in (10, 1000, 12_000_000):
+        try:
+            compile_patterns(ps, budget)
+            want = None
+        except cull.CullError as exc:
+            want = type(exc)
+        try:
+            check_compilable(ps, budget)
+            got = None
+        except cull.CullError as exc:
+            got = type(exc)
+        assert got == want, (phrases[:2], budget)

@@ -99,6 +99,8 @@ def parse_settings(extra_args) -> RequestRules | None:
     s = raw_settings(extra_args)
     if s is None:
         return None
+    if isinstance(s.get("phrases"), list):  # before any work that grows with the request
+        _check_size(s["phrases"])
     try:
         key = json.dumps(s, sort_keys=True) + _list_times(s.get("list"))
     except (TypeError, ValueError):
@@ -186,9 +188,9 @@ def _parse(s: dict) -> RequestRules:
     ps = PhraseSet(rules, whole_words=flags["whole_words"])
     # everything compiling could refuse is checked here, at admission: an error once the request is
     # in the engine's batch could only be raised inside the engine
-    from ..patterns import compile_patterns
+    from ..patterns import check_compilable
 
-    compile_patterns(ps, DEFAULT_MAX_SYMBOLS)  # also expands finite regexes, refusing the others
+    check_compilable(ps, DEFAULT_MAX_SYMBOLS)  # also expands finite regexes, refusing the others
     source = " + ".join([f"list {n}" for n in lists] + (["inline"] if phrases else []))
     return RequestRules(ps, flags["include_prompt"], source)
 
