@@ -127,3 +127,11 @@ def test_cheap_admission_check_agrees_with_compile(phrases):
         except cull.CullError as exc:
             got = type(exc)
         assert got == want, (phrases[:2], budget)
+
+
+def test_hostile_json_string_is_a_clear_refusal():
+    with pytest.raises(cull.CullError, match="nested too deeply"):
+        parse_settings({"cull": "[" * 200_000 + "]" * 200_000})
+    for bad in ("nan", "inf", "-inf", "1e400"):
+        with pytest.raises(cull.CullError, match="finite number"):
+            parse_settings({"cull_phrases": ["x"], "cull_mode": "bias", "cull_bias": bad})

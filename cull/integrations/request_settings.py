@@ -65,6 +65,8 @@ def raw_settings(extra_args) -> dict | None:
             except json.JSONDecodeError as exc:
                 _fail(f"'cull' is a string but not JSON ({exc.msg} at character {exc.pos}); send an object "
                       "such as {\"phrases\": [\"delve\"]}")
+            except RecursionError:
+                _fail("'cull' is nested too deeply; send a flat object such as {\"phrases\": [\"delve\"]}")
         if not isinstance(raw, dict):
             _fail(f"'cull' must be an object (or its JSON string), got {type(raw).__name__}")
         out = dict(raw)

@@ -147,6 +147,14 @@ def test_soak_many_users_many_lists(soak_server):
                 assert msg in str(exc), (msg, str(exc))
                 return kind, msg, None
             raise AssertionError(f"malformed settings {extra} were accepted")
+        if kind == "bad_stream":  # HTTP 200 with an SSE error event (code 400): the client raises APIError
+            extra, msg = BAD[rng.randrange(len(BAD))]
+            try:
+                list(complete(prompt, extra, stream=True))
+            except openai.APIError as exc:
+                assert msg in str(exc), (msg, str(exc))
+                return kind, msg, None
+            raise AssertionError(f"malformed settings {extra} were accepted in a stream")
         raise ValueError(kind)
 
     distinct = set()
@@ -165,7 +173,7 @@ def test_soak_many_users_many_lists(soak_server):
             distinct.add(tuple(phrases))
             jobs.append((kind, prompt, phrases))
         for i in range(CONCURRENT - DISTINCT_PER_WAVE):
-            jobs.append((["bias_shared", "plain", "bad"][i % 3], PROMPTS[i % len(PROMPTS)], None))
+            jobs.append((["bias_shared", "plain", "bad", "bad_stream"][i % 4], PROMPTS[i % len(PROMPTS)], None))
         rng.shuffle(jobs)
         with cf.ThreadPoolExecutor(CONCURRENT) as pool:
             results = list(pool.map(lambda j: job(*j), jobs))
@@ -174,7 +182,7 @@ def test_soak_many_users_many_lists(soak_server):
                 assert texts[0] == base[prompt], "a plain request changed"
             elif kind == "bias_shared":
                 assert len(texts) == 2
-            elif kind != "bad":
+            elif kind not in ("bad", "bad_stream"):
                 rules = cull.PhraseSet(phrases)
                 for t in texts:
                     assert not cull.find(t, rules), (kind, phrases[:3], t)
