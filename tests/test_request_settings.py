@@ -135,3 +135,12 @@ def test_hostile_json_string_is_a_clear_refusal():
     for bad in ("nan", "inf", "-inf", "1e400"):
         with pytest.raises(cull.CullError, match="finite number"):
             parse_settings({"cull_phrases": ["x"], "cull_mode": "bias", "cull_bias": bad})
+
+
+def test_parsed_settings_lru_is_bounded_by_rules(monkeypatch):
+    from cull.integrations import request_settings as rs
+
+    monkeypatch.setattr(rs, "_PARSED_MAX_RULES", 5_000)
+    for i in range(12):
+        parse_settings({"cull_phrases": [f"list{i} phrase {k}" for k in range(1_000)]})
+        assert sum(len(r.rules) for r in rs._PARSED.values()) <= 5_000

@@ -92,6 +92,8 @@ def _list_path(name) -> Path:
 
 _PARSED: "OrderedDict[str, RequestRules]" = OrderedDict()
 _PARSED_MAX = 256
+_PARSED_MAX_RULES = 200_000  # a few 50k lists: the LRU is bounded by what it holds, not by entries
+_parsed_rules = [0]
 
 
 def parse_settings(extra_args) -> RequestRules | None:
@@ -113,8 +115,9 @@ def parse_settings(extra_args) -> RequestRules | None:
     req = _parse(s)
     if key is not None:
         _PARSED[key] = req
-        while len(_PARSED) > _PARSED_MAX:
-            _PARSED.popitem(last=False)
+        _parsed_rules[0] += len(req.rules)
+        while len(_PARSED) > 1 and (len(_PARSED) > _PARSED_MAX or _parsed_rules[0] > _PARSED_MAX_RULES):
+            _parsed_rules[0] -= len(_PARSED.popitem(last=False)[1].rules)
     return req
 
 
