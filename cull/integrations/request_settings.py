@@ -32,6 +32,11 @@ from ..compiler import DEFAULT_MAX_SYMBOLS
 from ..errors import CullError
 from ..rules import PhraseSet
 
+try:  # imported now, not by the first request with a regex rule (~0.1 s on the server's event loop)
+    import regex  # noqa: F401
+except ImportError:  # pragma: no cover - the hf extra brings it; a regex rule then says what to install
+    pass
+
 KEYS = {"phrases", "list", "mode", "bias", "include_prompt", "whole_words"}
 DEFAULT_BIAS = -5.0
 MAX_PHRASES = int(os.environ.get("CULL_MAX_REQUEST_PHRASES", "100000"))
