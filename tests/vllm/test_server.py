@@ -44,7 +44,7 @@ def server(tmp_path_factory):
          "--kv-cache-memory-bytes", str(64 * 2**20), "--served-model-name", "tiny",
          "--logits-processors", "cull.integrations.vllm:CullLogitsProcessor"],
         stdout=log, stderr=subprocess.STDOUT, env={**os.environ, "PYTHONUNBUFFERED": "1"})
-    deadline = time.time() + 300
+    deadline = time.time() + 600  # a loaded 2-core machine starts vLLM slowly
     while True:
         try:
             with urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=2) as r:

@@ -81,7 +81,7 @@ def soak_server(tmp_path_factory):
          "--chat-template", str(root / "chat.jinja"),
          "--logits-processors", "cull.integrations.vllm:CullLogitsProcessor"],
         stdout=log, stderr=subprocess.STDOUT, env=env)
-    deadline = time.time() + 300
+    deadline = time.time() + 600  # a loaded 2-core machine starts vLLM slowly
     while True:
         try:
             with urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=2) as r:
