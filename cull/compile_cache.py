@@ -100,7 +100,7 @@ def compile_rules(
     if cache:
         try:
             matcher.save(path)
-            prune_cache(path.parent)
+            prune_cache(path.parent, keep=path)
         except OSError:
             pass  # a read-only home is not an error; we just recompile next time
     return matcher
@@ -133,16 +133,24 @@ def cache_limit_bytes() -> float:
     try:
         mib = float(raw) if raw else DEFAULT_CACHE_MIB
     except ValueError:
-        raise CullError(f"CULL_CACHE_MIB must be a number of MiB (the compile cache's size bound), got {raw!r}") from None
-    if mib < 0:
-        raise CullError(f"CULL_CACHE_MIB must be >= 0, got {raw!r}")
+        mib = float("nan")
+    if not mib >= 0 or mib == float("inf"):  # nan fails the comparison
+        raise CullError(f"CULL_CACHE_MIB must be a number of MiB >= 0 (the compile cache's size bound), got {raw!r}")
     return mib * 2**20
 
 
-def prune_cache(folder: Path, limit_bytes: float | None = None) -> int:
+def prune_cache(folder: Path, limit_bytes: float | None = None, keep: Path | None = None) -> int:
     """Delete the least recently used compiled tables until the folder holds at most `limit_bytes`;
-    returns how many files were removed. Safe against concurrent writers and pruners."""
+    returns how many files were removed. Safe against concurrent writers and pruners. `keep`, the
+    file just written, is evicted alone if it is larger than the whole bound (rather than emptying
+    the cache for it)."""
     limit = cache_limit_bytes() if limit_bytes is None else limit_bytes
+    if keep is not None:
+        try:
+            if keep.stat().st_size > limit:
+                return _unlink(keep)
+        except OSError:
+            pass
     entries = []
     now = time.time()
     removed = 0

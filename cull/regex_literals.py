@@ -17,6 +17,8 @@ def _expand(node, limit):
             alts = [chr(av)]
         elif op is C.SUBPATTERN:
             alts = _expand(av[-1], limit)
+            if alts is None:
+                return None
         elif op is C.BRANCH:
             alts = []
             for branch in av[1]:
@@ -50,9 +52,9 @@ def literal_expansion(pattern: str) -> list[str] | None:
 
     try:
         parsed = P.parse(pattern)
-    except Exception:
+        found = _expand(list(parsed), MAX_EXPANSION)
+    except (Exception, RecursionError):  # unparsable or nested too deeply: not a small literal set
         return None
-    found = _expand(list(parsed), MAX_EXPANSION)
     return sorted(set(found)) if found else None
 
 

@@ -113,7 +113,10 @@ def _regex_rule(pattern: str, action: str, delta: float, source: str) -> Rule:
     try:
         regex.compile(pattern)
     except regex.error as exc:
-        raise RuleError(f"invalid regex {pattern!r}{_where(source)}: {exc}") from None
+        raise RuleError(f"invalid regex {pattern[:80]!r}{_where(source)}: {exc}") from None
+    except (RecursionError, OverflowError, MemoryError):
+        raise RuleError(f"regex {pattern[:80]!r}...{_where(source)} is nested or repeated too deeply to compile; "
+                        "simplify it") from None
     return Rule(pattern, action, delta, False, False, pattern, source)
 
 

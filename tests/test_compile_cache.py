@@ -130,3 +130,10 @@ def test_processes_share_the_folder_safely(tmp_path):
         out, err = p.communicate(timeout=300)
         assert p.returncode == 0 and out.strip() == "ok", err[-2000:]
     assert _size(tmp_path) <= 4 * one_list + max(p.stat().st_size for p in _files(tmp_path))
+
+
+def test_a_file_larger_than_the_bound_is_dropped_alone(tmp_path):
+    (tmp_path / "old.npz").write_bytes(b"0" * 100)
+    (tmp_path / "big.npz").write_bytes(b"0" * 5000)
+    assert prune_cache(tmp_path, limit_bytes=1000, keep=tmp_path / "big.npz") == 1
+    assert (tmp_path / "old.npz").exists() and not (tmp_path / "big.npz").exists()

@@ -44,7 +44,7 @@ def test_server_lists(tmp_path, monkeypatch):
     ({"cull": {"phrases": [1, 2]}}, "list of strings"),
     ({"cull": {"phrases": []}}, "no phrases"),
     ({"cull": {"phrases": ["re:a.*b"]}}, "finite set of literals"),
-    ({"cull": {"phrases": [f"{i:06d}" + "x" * 190 for i in range(70_000)]}}, "12,000,000 symbols"),
+    ({"cull": {"phrases": [f"{i:06d}" + "x" * 190 for i in range(70_000)]}}, "CULL_MAX_REQUEST_CHARS"),
 ])
 def test_bad_settings_are_refused_with_a_fix(extra, msg):
     with pytest.raises(cull.CullError, match=msg):
@@ -144,3 +144,69 @@ def test_parsed_settings_lru_is_bounded_by_rules(monkeypatch):
     for i in range(12):
         parse_settings({"cull_phrases": [f"list{i} phrase {k}" for k in range(1_000)]})
         assert sum(len(r.rules) for r in rs._PARSED.values()) <= 5_000
+
+
+@pytest.mark.parametrize("extra,msg", [
+    ({"cull_phrases": ["re:(a+)"]}, "finite set of literals"),
+    ({"cull_phrases": ["re:(\\w+ly) good"]}, "finite set of literals"),
+    ({"cull_phrases": ["re:(" + "|".join(chr(97 + i // 26) + chr(97 + i % 26) for i in range(300)) + ")"]},
+     "finite set of literals"),
+    ({"cull_phrases": ["re:" + "(" * 600 + "a" + ")" * 600]}, "regex rule of 1,201 characters"),
+    ({"cull_phrases": ["re:" + "(" * 400 + "a" + ")" * 400]}, "finite set of literals|invalid regex|too deeply"),
+    ({"cull_list": "a" * 300}, "plain list name"),
+    ({"cull": '{"phrases": ["x"], "mode": "bias", "bias": ' + "9" * 400 + "}"}, "finite number between"),
+    ({"cull_phrases": ["x"], "cull_mode": "bias", "cull_bias": 1e39}, "finite number between"),
+    ({"cull_phrases": [f"re:x{i}y?" for i in range(101)]}, "at most 100"),
+    ({"cull_phrases": ["re:" + "a" * 1001]}, "the limit is 1,000"),
+    ({"cull_phrases": ["x" * 200] * 5001 + ["y"]}, "CULL_MAX_REQUEST_CHARS"),
+])
+def test_hostile_settings_from_the_red_team_are_refused_as_400s(extra, msg):
+    """Each of these once gave HTTP 500 (not a ValueError) or held the event loop for seconds."""
+    import time
+
+    t0 = time.perf_counter()
+    with pytest.raises(cull.CullError, match=msg):
+        parse_settings(extra)
+    assert time.perf_counter() - t0 < 2.0
+
+
+def test_error_messages_never_echo_megabytes():
+    with pytest.raises(cull.CullError) as err:
+        parse_settings({"cull": {"phrases": ["x"], "k" * 2_000_000: 1, **{f"u{i}": 1 for i in range(20_000)}}})
+    assert len(str(err.value)) < 500
+
+
+@pytest.mark.parametrize("var,value", [("CULL_MATCHER_CACHE_MIB", "nan"), ("CULL_MATCHER_CACHE_MIB", "-1"),
+                                       ("CULL_CACHE_MIB", "nan"), ("CULL_CACHE_MIB", "inf")])
+def test_bad_operator_settings_are_clear_errors(var, value, monkeypatch, tmp_path):
+    from cull.compile_cache import cache_limit_bytes
+    from cull.integrations.matcher_cache import MatcherCache
+
+    monkeypatch.setenv(var, value)
+    with pytest.raises(cull.CullError, match=var):
+        MatcherCache(None) if var == "CULL_MATCHER_CACHE_MIB" else cache_limit_bytes()
+
+
+def test_max_phrases_env_is_checked():
+    import subprocess
+    import sys
+
+    for value in ("abc", "-5"):
+        proc = subprocess.run([sys.executable, "-c", "import cull.integrations.request_settings"],
+                              env={**__import__("os").environ, "CULL_MAX_REQUEST_PHRASES": value},
+                              capture_output=True, text=True)
+        assert proc.returncode != 0 and "CULL_MAX_REQUEST_PHRASES must be" in proc.stderr
+
+
+def test_engine_uses_the_last_good_server_list_while_the_file_is_replaced(tmp_path, monkeypatch):
+    from cull.integrations import request_settings as rs
+
+    monkeypatch.setenv("CULL_LISTS_DIR", str(tmp_path))
+    (tmp_path / "slop.txt").write_text("delve\n")
+    first = parse_settings({"cull_list": "slop"})
+    (tmp_path / "slop.txt").unlink()  # an operator mid-replacement
+    rs._PARSED.clear()
+    with pytest.raises(cull.CullError, match="no list"):
+        parse_settings({"cull_list": "slop"})  # admission: the list is gone
+    again = parse_settings({"cull_list": "slop"}, in_engine=True)  # an admitted request: last good
+    assert [r.phrase for r in again.rules] == [r.phrase for r in first.rules]

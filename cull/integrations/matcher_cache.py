@@ -4,6 +4,7 @@ without limit (the least recently used matchers are dropped once the bound is pa
 else refers to them, so reference counting frees them at once, garbage collector frozen or not)."""
 from __future__ import annotations
 
+import math
 import os
 import threading
 import time
@@ -36,7 +37,9 @@ class MatcherCache:
             try:
                 max_mib = float(raw) if raw else DEFAULT_MIB
             except ValueError:
-                raise CullError(f"CULL_MATCHER_CACHE_MIB must be a number of MiB, got {raw!r}") from None
+                max_mib = math.nan
+            if not math.isfinite(max_mib) or max_mib < 0:
+                raise CullError(f"CULL_MATCHER_CACHE_MIB must be a number of MiB (>= 0), got {raw!r}")
         self.max_mib = max_mib
         self._items: OrderedDict[str, tuple[object, float]] = OrderedDict()  # key -> (matcher, MiB)
         self._mib = 0.0

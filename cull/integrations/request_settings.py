@@ -39,7 +39,24 @@ except ImportError:  # pragma: no cover - the hf extra brings it; a regex rule t
 
 KEYS = {"phrases", "list", "mode", "bias", "include_prompt", "whole_words"}
 DEFAULT_BIAS = -5.0
-MAX_PHRASES = int(os.environ.get("CULL_MAX_REQUEST_PHRASES", "100000"))
+MAX_ABS_BIAS = 1e30  # float32 holds it; a larger delta would overflow to inf when compiled
+def _env_limit(name: str, default: int) -> int:
+    raw = os.environ.get(name, "")
+    try:
+        value = int(raw) if raw else default
+    except ValueError:
+        raise CullError(f"{name} must be a whole number, got {raw!r}") from None
+    if value < 1:
+        raise CullError(f"{name} must be at least 1, got {raw!r}")
+    return value
+
+
+MAX_PHRASES = _env_limit("CULL_MAX_REQUEST_PHRASES", 100_000)
+# the compile's time and memory grow with the phrases' characters (the trie's size): 2.5x the
+# 50,046-phrase antislop list (389k characters) by default
+MAX_CHARS = _env_limit("CULL_MAX_REQUEST_CHARS", 1_000_000)
+MAX_REGEX_RULES = 100  # each is compiled and expanded on the API server's event loop
+MAX_REGEX_CHARS = 1_000
 LISTS_ENV = "CULL_LISTS_DIR"
 
 
@@ -82,17 +99,22 @@ def raw_settings(extra_args) -> dict | None:
 
 
 def _list_path(name) -> Path:
-    if not isinstance(name, str) or not name or "/" in name or "\\" in name or name.startswith("."):
-        _fail(f"'list' must be a plain list name from the server's {LISTS_ENV} folder, got {name!r}")
+    if not isinstance(name, str) or not name or "/" in name or "\\" in name or name.startswith(".") \
+            or len(name) > 200 or "\0" in name:
+        _fail(f"'list' must be a plain list name from the server's {LISTS_ENV} folder, got {_short(repr(name))}")
     folder = os.environ.get(LISTS_ENV)
     if not folder:
         _fail(f"'list' needs the server to set {LISTS_ENV} to a folder of phrase lists; it is not set")
     folder = Path(folder)
     for cand in [folder / name] + [folder / f"{name}{ext}" for ext in (".txt", ".json", ".yaml", ".yml")]:
-        if cand.is_file():
-            return cand
+        try:
+            if cand.is_file():
+                return cand
+        except OSError:
+            continue
     names = sorted(p.stem for p in folder.glob("*") if p.is_file()) if folder.is_dir() else []
-    _fail(f"no list {name!r} in {folder}; available: {', '.join(names) or '(none)'}")
+    _fail(f"no list {_short(name)} in {folder}; available: {', '.join(names[:20]) or '(none)'}"
+          + (f" and {len(names) - 20} more" if len(names) > 20 else ""))
 
 
 _PARSED: "OrderedDict[str, RequestRules]" = OrderedDict()
@@ -101,7 +123,7 @@ _PARSED_MAX_RULES = 200_000  # a few 50k lists: the LRU is bounded by what it ho
 _parsed_rules = [0]
 
 
-def parse_settings(extra_args) -> RequestRules | None:
+def parse_settings(extra_args, *, in_engine: bool = False) -> RequestRules | None:
     """Validate a request's settings and build its rules; None when it asks for no cull. Parsed
     settings are kept (an LRU keyed by the settings and the lists' file times): a server sees the
     same list again and again, and building a 50k-phrase PhraseSet takes a tenth of a second."""
@@ -117,7 +139,7 @@ def parse_settings(extra_args) -> RequestRules | None:
     if key is not None and key in _PARSED:
         _PARSED.move_to_end(key)
         return _PARSED[key]
-    req = _parse(s)
+    req = _parse(s, in_engine)
     if key is not None:
         _PARSED[key] = req
         _parsed_rules[0] += len(req.rules)
@@ -154,15 +176,24 @@ def _number(key: str, v) -> float:
             v = float(v.strip())
         except ValueError:
             _fail(f"'{key}' must be a finite number (a logit delta such as -5), got {v!r}")
-    if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v):
-        _fail(f"'{key}' must be a finite number (a logit delta such as -5), got {v!r}")
-    return float(v)
+    if isinstance(v, bool) or not isinstance(v, (int, float)):
+        _fail(f"'{key}' must be a finite number (a logit delta such as -5), got {_short(repr(v))}")
+    try:
+        v = float(v)
+    except OverflowError:
+        v = math.inf
+    if not math.isfinite(v) or abs(v) > MAX_ABS_BIAS:
+        _fail(f"'{key}' must be a finite number between -{MAX_ABS_BIAS:g} and {MAX_ABS_BIAS:g} (a logit delta "
+              f"such as -5), got {_short(repr(v))}")
+    return v
 
 
-def _parse(s: dict) -> RequestRules:
+def _parse(s: dict, in_engine: bool = False) -> RequestRules:
     unknown = set(s) - KEYS
     if unknown:
-        _fail(f"unknown key(s) {sorted(unknown)}; the keys are {sorted(KEYS)}")
+        names = sorted(map(str, unknown))
+        shown = ", ".join(_short(k, 40) for k in names[:5]) + (f" and {len(names) - 5:,} more" if len(names) > 5 else "")
+        _fail(f"unknown key(s) {shown}; the keys are {sorted(KEYS)}")
     mode = s.get("mode")
     if mode not in (None, "ban", "bias"):
         _fail(f"'mode' must be 'ban' or 'bias', got {mode!r}")
@@ -186,7 +217,7 @@ def _parse(s: dict) -> RequestRules:
         _fail("'list' must be a list name or a list of names")
     rules = []
     for name in lists:
-        rules.extend(server_list(name, mode, bias).rules)
+        rules.extend(server_list(name, mode, bias, stale_ok=in_engine).rules)
         if len(rules) > MAX_PHRASES:
             _too_many(len(rules))
     if phrases:
@@ -210,29 +241,54 @@ def _too_many(n: int):
 
 
 def _check_size(phrases: list) -> None:
-    """Refuse an oversized list before a single rule is built: count, then characters (each is at
-    least one symbol of the compile budget)."""
+    """Refuse an oversized list before a single rule is built: count, characters (what compiling
+    costs grows with them), and regex rules (each is compiled here, on the server's event loop)."""
     if len(phrases) > MAX_PHRASES:
         _too_many(len(phrases))
-    chars = sum(len(p) for p in phrases if isinstance(p, str))
-    if chars > DEFAULT_MAX_SYMBOLS:
-        _fail(f"the phrases hold {chars:,} characters, over the compile budget of {DEFAULT_MAX_SYMBOLS:,} "
-              "symbols; send fewer or shorter phrases")
+    strs = [p for p in phrases if isinstance(p, str)]
+    chars = sum(map(len, strs))
+    if chars > min(MAX_CHARS, DEFAULT_MAX_SYMBOLS):
+        _fail(f"the phrases hold {chars:,} characters, over this server's limit of {MAX_CHARS:,} "
+              "(set CULL_MAX_REQUEST_CHARS to raise it); send fewer or shorter phrases, or use a server-side list")
+    regexes = [p for p in strs if p.startswith("re:")]
+    if len(regexes) > MAX_REGEX_RULES:
+        _fail(f"{len(regexes):,} regex rules; a request may hold at most {MAX_REGEX_RULES}")
+    long = next((r for r in regexes if len(r) - 3 > MAX_REGEX_CHARS), None)
+    if long is not None:
+        _fail(f"a regex rule of {len(long) - 3:,} characters ({_short(long)}); the limit is {MAX_REGEX_CHARS:,}")
+
+
+def _short(text: str, n: int = 60) -> str:
+    """A value quoted in an error message, cut short: errors never echo megabytes back."""
+    return repr(text[:n] + "…") if len(text) > n else repr(text)
 
 
 _LISTS: "OrderedDict[tuple, PhraseSet]" = OrderedDict()
 
 
-def server_list(name, mode, bias) -> PhraseSet:
-    """A server-side list, parsed once per (file, mtime, mode, bias)."""
-    path = _list_path(name)
-    key = (str(path), path.stat().st_mtime_ns, mode, bias)
-    hit = _LISTS.get(key)
-    if hit is None:
-        hit = PhraseSet.load(path, action=mode, bias=bias, allow_symbols=True)
-        _LISTS[key] = hit
-        while len(_LISTS) > 16:
-            _LISTS.popitem(last=False)
-    else:
-        _LISTS.move_to_end(key)
+_LAST_GOOD: dict[tuple, PhraseSet] = {}
+
+
+def server_list(name, mode, bias, *, stale_ok: bool = False) -> PhraseSet:
+    """A server-side list, parsed once per (file, mtime, mode, bias). `stale_ok` (inside the engine,
+    for a request the API server already admitted): if the file is gone or unreadable right now (an
+    operator replacing it), the last version read is used rather than failing the request."""
+    try:
+        path = _list_path(name)
+        key = (str(path), path.stat().st_mtime_ns, mode, bias)
+        hit = _LISTS.get(key)
+        if hit is None:
+            hit = PhraseSet.load(path, action=mode, bias=bias, allow_symbols=True)
+            _LISTS[key] = hit
+            while len(_LISTS) > 16:
+                _LISTS.popitem(last=False)
+        else:
+            _LISTS.move_to_end(key)
+    except (CullError, OSError):
+        stale = _LAST_GOOD.get((name, mode, bias))
+        if stale_ok and stale is not None:
+            return stale
+        raise
+    if len(_LAST_GOOD) < 64 or (name, mode, bias) in _LAST_GOOD:
+        _LAST_GOOD[(name, mode, bias)] = hit
     return hit

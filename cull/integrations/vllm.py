@@ -24,6 +24,7 @@ list is compiled once (an LRU with a memory bound, `CULL_MATCHER_CACHE_MIB`) and
 """
 from __future__ import annotations
 
+import os
 import weakref
 
 import torch
@@ -108,11 +109,15 @@ class _Engine:
         self.vocab = vocab_from_tokenizer(tok, vocab_size=mc.get_vocab_size())
         self.cache = MatcherCache(self.vocab, device)
         self._closed_masks: dict = {}
+        if "PROMETHEUS_MULTIPROC_DIR" not in os.environ:
+            log.info("cull: its counters reach vLLM's /metrics from an engine process only when "
+                     "PROMETHEUS_MULTIPROC_DIR is set (vLLM sets it only for several API servers); "
+                     "set it to an empty folder to see them")
         precompile_server_lists(self.cache)
 
     def new_row(self, params) -> _Row | None:
         try:
-            req = parse_settings(getattr(params, "extra_args", None))
+            req = parse_settings(getattr(params, "extra_args", None), in_engine=True)
         except Exception as exc:  # admission refused it already; an engine must never raise here
             log.error("cull: settings refused inside the engine (%s); the request is served closed", exc)
             return _Row(None, False)
@@ -223,7 +228,16 @@ def precompile_server_lists(cache) -> None:
 
 
 def _validate(sampling_params) -> None:
-    parse_settings(getattr(sampling_params, "extra_args", None))  # a CullError is a ValueError: HTTP 400
+    """Admission. vLLM answers HTTP 400 only for a ValueError (a CullError is one); anything else
+    would be a 500 with an empty message, so every failure leaves here as a CullError."""
+    try:
+        parse_settings(getattr(sampling_params, "extra_args", None))
+    except CullError:
+        raise
+    except Exception as exc:
+        log.warning("cull: request settings refused after %s: %s", type(exc).__name__, str(exc)[:200])
+        raise CullError(f"cull request settings could not be read ({type(exc).__name__}: {str(exc)[:120]}); "
+                        "check the phrases, list names and values") from None
 
 
 class CullLogitsProcessor(_V1Base):
