@@ -20,7 +20,7 @@ def main() -> int:
     dev = "cuda" if torch.cuda.is_available() else "cpu"
     tok = AutoTokenizer.from_pretrained(data_dir() / "tokenizers" / "qwen2")
     rules = cull.PhraseSet.load(data_dir() / "phrases/antislop/slop_phrase_prob_adjustments.json", action="ban")
-    proc = cull.CullLogitsProcessor(rules, tok, vocab_size=151_936)
+    proc = cull.CullLogitsProcessor(rules, tok, vocab_size=151_936, inplace=True)  # the kernel, not the copy
     ids = torch.tensor([tok.encode("It was a testament to the rich tapestry of her life, and")], device=dev)
     ids = ids.repeat(1, 8)
     scores = torch.randn(1, 151_936, device=dev)

@@ -121,9 +121,10 @@ def main(argv=None) -> int:
         for B in batches:
             ids = make_steps(tok, B, steps, B).to(device)
             variants = {"none": lambda: []}
-            variants["cull-torch"] = lambda: [cull.CullLogitsProcessor(matcher, backend="torch", device_state=False)]
+            variants["cull-torch"] = lambda: [cull.CullLogitsProcessor(matcher, backend="torch", device_state=False, inplace=True)]
             if args.gpu:
-                variants["cull-triton"] = lambda: [cull.CullLogitsProcessor(matcher, backend="triton", device_state=True)]
+                variants["cull-triton"] = lambda: [cull.CullLogitsProcessor(matcher, backend="triton", device_state=True,
+                                                                                 inplace=True)]
             if seqs is not None:
                 variants["hf-sequence-bias"] = lambda: [SequenceBiasLogitsProcessor(sequence_bias={k: v for k, v in seqs.items()})]
             mask = torch.zeros(B, V, dtype=torch.bool, device=device)
@@ -234,7 +235,7 @@ def graph_rows(matcher, ids, V, hf, set_name, n_phrases):
     from cull.kernels.triton_backend import step_triton
 
     B = ids.shape[0]
-    proc = cull.CullLogitsProcessor(matcher, backend="triton", device_state=True)
+    proc = cull.CullLogitsProcessor(matcher, backend="triton", device_state=True, inplace=True)
     T = matcher.device_tables(ids.device)
     out = []
     for dtype in (torch.float32, torch.bfloat16):

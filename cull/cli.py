@@ -119,6 +119,10 @@ def cmd_generate(args) -> int:
             raise UsageError("no prompt: pass --prompt TEXT (or pipe the prompt on stdin)")
         prompt = sys.stdin.read().rstrip("\n")
     rules = load_rules(args) if (args.phrases or args.phrase) else None
+    if rules is not None and rules.regex_rules and not args.backtrack:
+        from .regex_literals import expand_regex_rules
+
+        expand_regex_rules(rules.regex_rules)  # refuse a regex the processor cannot enforce before loading
     _, err = _consoles()
     folder, gguf = resolve_model(args.model, say=err.log)
     _quiet_transformers()

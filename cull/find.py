@@ -55,7 +55,7 @@ def find(text: str, rules: "PhraseSet | Sequence[str]") -> list[Match]:
     found: list[Match] = []
     for rule in rules.rules:
         if rule.regex is not None:
-            found.extend(_regex_matches(text, rule))
+            found.extend(_regex_matches(text, rule, opts))
             continue
         need_start = char_class(rule.phrase[0]) == WORD and not rule.leading_wildcard
         need_end = char_class(rule.phrase[-1]) == WORD and not rule.trailing_wildcard
@@ -76,8 +76,7 @@ def find(text: str, rules: "PhraseSet | Sequence[str]") -> list[Match]:
     return found
 
 
-def _regex_matches(text: str, rule: Rule) -> list[Match]:
-    from .errors import require
+def _regex_matches(text: str, rule: Rule, opts) -> list[Match]:
+    from .regex_match import regex_rule_matches  # one meaning and one time limit for every regex
 
-    regex = require("regex", "hf")
-    return [Match(rule, m.start(), m.end()) for m in regex.finditer(rule.regex, text) if m.end() > m.start()]
+    return regex_rule_matches(text, rule, opts)

@@ -8,6 +8,7 @@ import torch
 
 from .compiled import CompiledMatcher
 from .errors import CullError
+from .row_states import RowStateCache
 
 
 class CullLogitsProcessor:
@@ -31,8 +32,17 @@ class CullLogitsProcessor:
         vocab_size (`int`, *optional*):
             The model's logits width, if wider than the tokenizer.
         device_state (`bool` or `"auto"`, *optional*, defaults to `"auto"`):
-            Keep row states on the GPU and advance them with a Triton kernel, so the decode loop never
-            waits for the host. `"auto"` does this for CUDA logits when triton is installed.
+            Keep row states on the GPU and advance them with a Triton kernel, so an ordinary decode
+            step never waits for the host. `"auto"` does this for CUDA logits when triton is installed.
+        inplace (`bool`, *optional*, defaults to `False`):
+            Edit `scores` in place and return it. By default a new tensor is returned and the input
+            is left untouched, as HF's processors do (`generate(output_logits=True)` relies on it);
+            engines that own their logits buffer can save the copy with `inplace=True`.
+
+    A row's state is a function of its own tokens, found by content (see `cull.row_states`): rows may
+    join or leave the batch, be reordered (beam search), jump ahead or roll back (assisted decoding,
+    prompt lookup). A row that continues no row seen before starts a new generation: all of its
+    tokens are prompt.
 
     Examples:
 
@@ -50,7 +60,8 @@ class CullLogitsProcessor:
     """
 
     def __init__(self, rules, tokenizer=None, *, include_prompt: bool = False, backend: str = "auto",
-                 vocab_size: int | None = None, cache: bool = True, device_state="auto"):
+                 vocab_size: int | None = None, cache: bool = True, device_state="auto",
+                 inplace: bool = False):
         if isinstance(rules, CompiledMatcher):
             self.matcher = rules
         else:
@@ -65,71 +76,55 @@ class CullLogitsProcessor:
         resolve_backend(backend, "cpu")
         if device_state not in (True, False, "auto"):
             raise CullError(f"device_state must be True, False or 'auto', got {device_state!r}")
+        if not isinstance(inplace, bool):
+            raise CullError(f"inplace must be True or False, got {inplace!r}")
         self.backend = backend
         self.include_prompt = include_prompt
         self.device_state = device_state
+        self.inplace = inplace
         self._device_rows = None
+        self._host_rows = RowStateCache(self.matcher, include_prompt)
         self.reset()
 
     def reset(self) -> None:
-        """Forget all rows. A new generation is detected by itself (its rows extend no row of the last
-        step), except one whose prompt is exactly the previous call's output: that looks like the next
-        decode step, so call reset() before such a call (or use a new processor)."""
-        self._prompt_len = None
-        self._last_len = None
-        self._cache: dict[bytes, tuple[int, int]] = {}
-        if getattr(self, "_device_rows", None) is not None:
+        """Forget all rows. Rows are found by content, so a new generation needs no reset, except
+        one whose every prompt repeats (or extends by one token) a row this processor has seen:
+        that looks like a rollback and continues the earlier generation's scope (which can only ban
+        more). Call reset() (or use a new processor) before such a call; see `cull.row_states`."""
+        self._host_rows.clear()
+        if self._device_rows is not None:
             self._device_rows.reset()
 
-    # ---- row states ----
-    def _from_scratch(self, row: np.ndarray) -> tuple[int, int]:
-        start = 0 if self.include_prompt else self._prompt_len
-        return self.matcher.advance_many(self.matcher.initial_state(), row[start:])
-
     def row_states(self, input_ids: torch.Tensor) -> list[tuple[int, int]]:
-        """Each row's automaton state after its text so far. Stateless in effect: a row is found by
-        its content, so beam reordering and batch changes need no bookkeeping."""
-        ids = input_ids.detach().to("cpu", torch.int64).numpy()
-        B, L = ids.shape
-        found = {}
-        if self._last_len is not None and L == self._last_len + 1:
-            for r in range(B):
-                prev = self._cache.get(ids[r, :-1].tobytes())
-                if prev is None:
-                    break
-                found[r] = self.matcher.advance(prev, int(ids[r, -1]))
-        if len(found) < B:  # in a decode step every row extends a row of the last step: this is new
-            self.reset()
-            self._prompt_len = L
-            found = {}
-        states = []
-        new_cache = {}
-        for r in range(B):
-            st = found.get(r)
-            if st is None:
-                st = self._from_scratch(ids[r])
-            states.append(st)
-            new_cache[ids[r].tobytes()] = st
-        self._cache = new_cache
-        self._last_len = L
-        return states
+        """Each row's automaton state after its text so far, found by the row's own tokens."""
+        return self._host_rows.states(input_ids.detach().to("cpu", torch.int64).numpy())
 
     def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor) -> torch.FloatTensor:
-        if scores.dim() != 2 or input_ids.shape[0] != scores.shape[0]:
+        if scores.dim() != 2 or input_ids.dim() != 2 or input_ids.shape[0] != scores.shape[0]:
             raise CullError(f"expected input_ids [B, L] and scores [B, V] with the same B, got "
                             f"{tuple(input_ids.shape)} and {tuple(scores.shape)}")
+        if scores.shape[1] < self.matcher.n_tokens:
+            raise CullError(f"the scores have {scores.shape[1]} columns but the rules were compiled for a "
+                            f"vocabulary of {self.matcher.n_tokens} tokens; pass the logits of the model "
+                            "that goes with this tokenizer (the full last dimension, not a slice)")
         from cull.kernels import apply_rules, resolve_backend
 
+        if not self.inplace:
+            scores = scores.clone()
         tables = self.matcher.device_tables(scores.device)
         if self._use_device_state(scores):
             if self._device_rows is None or self._device_rows.device != scores.device:
                 from .device_state import DeviceRowStates
 
                 self._device_rows = DeviceRowStates(self.matcher, scores.device, self.include_prompt)
-            if resolve_backend(self.backend, scores.device) == "triton":  # one fused launch
-                self._device_rows.step(input_ids, scores, tables)
+            rows = self._device_rows
+            if not rows.is_ordinary(input_ids):  # a jump, rollback or new batch: by content, on the host
+                nodes, classes = rows.step_on_host(input_ids)
+            elif resolve_backend(self.backend, scores.device) == "triton":  # one fused launch
+                rows.step(input_ids, scores, tables)
                 return scores
-            nodes, classes = self._device_rows.step(input_ids, None, tables)
+            else:
+                nodes, classes = rows.step(input_ids, None, tables)
         else:
             states = self.row_states(input_ids)
             nodes = np.fromiter((s[0] for s in states), dtype=np.int64, count=len(states))
@@ -149,13 +144,27 @@ class CullLogitsProcessor:
 
 
 def token_sequence_processor(sequences: "dict[Sequence[int], float] | Sequence[Sequence[int]]",
-                             vocab_size: int, backend: str = "auto") -> CullLogitsProcessor:
+                             vocab_size: int, backend: str = "auto", *,
+                             eos_token_id: "int | Sequence[int] | None" = None,
+                             inplace: bool = False) -> CullLogitsProcessor:
     """HF-compatible token-form rules: a list of id sequences (banned, like `bad_words_ids`) or a
-    {sequence: bias} dict (like `sequence_bias`). Matching includes the prompt, as HF's does."""
+    {sequence: bias} dict (like `sequence_bias`). Matching includes the prompt, as HF's does.
+
+    With `eos_token_id` (an id or a list of ids), a banned single-token sequence equal to an EOS id is
+    dropped, as `NoBadWordsLogitsProcessor(bad_words_ids, eos_token_id=...)` does, so EOS is never
+    banned on its own. Longer sequences that end in EOS are kept, as in HF."""
     from .token_rules import compile_token_rules
 
     if isinstance(sequences, dict):
         seqs = {tuple(k): float(v) for k, v in sequences.items()}
     else:
+        if isinstance(sequences, (str, bytes)) or not hasattr(sequences, "__iter__"):
+            raise CullError(f"expected a list of token-id lists, got {type(sequences).__name__}")
         seqs = {tuple(s): float("-inf") for s in sequences}
-    return CullLogitsProcessor(compile_token_rules(seqs, vocab_size), include_prompt=True, backend=backend)
+        if eos_token_id is not None:
+            eos = [eos_token_id] if isinstance(eos_token_id, int) else list(eos_token_id)
+            if not all(isinstance(e, int) and not isinstance(e, bool) for e in eos):
+                raise CullError(f"eos_token_id must be an int or a list of ints, got {eos_token_id!r}")
+            seqs = {s: d for s, d in seqs.items() if not (len(s) == 1 and s[0] in eos)}
+    return CullLogitsProcessor(compile_token_rules(seqs, vocab_size, allow_empty=eos_token_id is not None),
+                               include_prompt=True, backend=backend, inplace=inplace)

@@ -1,21 +1,55 @@
-"""Reading rule files: .txt, .json and .yaml, with errors that point at the offending line."""
+"""Reading rule files: .txt, .json and .yaml, with errors that point at the offending line.
+
+Rule files may come from users of a service, so reading one is bounded: a file larger than
+`max_file_bytes` (default `MAX_RULE_FILE_BYTES`, 64 MiB; environment variable
+``CULL_MAX_RULE_FILE_MB``) is refused before it is read, JSON and YAML nesting deeper than
+`MAX_NESTING` is refused before it is parsed, and YAML aliases (``*name``, the "billion laughs"
+bomb) are refused: a phrase list has no use for them.
+"""
 from __future__ import annotations
 
 import json
 import math
+import os
+import re
 from pathlib import Path
 
 from .errors import RuleError, require
 from .rules import BAN, BIAS, Rule, make_rule, multiplier_to_delta
 
 
-def _read_text(path: Path) -> str:
+MAX_RULE_FILE_BYTES = 64 * 2**20
+MAX_NESTING = 32  # a rule file needs 3 levels ({"phrases": [["phrase", 0.5]]})
+_JSON_STRING = re.compile(r'"(?:[^"\\]|\\.)*"', re.S)
+_YAML_QUOTED = re.compile(r'"(?:[^"\\]|\\.)*"|\'(?:[^\']|\'\')*\'', re.S)
+
+
+def max_rule_file_bytes() -> int:
+    raw = os.environ.get("CULL_MAX_RULE_FILE_MB")
+    if raw is None:
+        return MAX_RULE_FILE_BYTES
     try:
-        data = path.read_bytes()
+        mb = float(raw)
+    except ValueError:
+        mb = -1.0
+    if not mb > 0:
+        raise RuleError(f"CULL_MAX_RULE_FILE_MB must be a positive number of MiB, got {raw!r}")
+    return int(mb * 2**20)
+
+
+def _read_text(path: Path, max_bytes: int | None = None) -> str:
+    limit = max_rule_file_bytes() if max_bytes is None else max_bytes
+    try:
+        with open(path, "rb") as fh:  # read at most limit + 1 bytes: /dev/zero and pipes end too
+            data = fh.read(limit + 1)
     except FileNotFoundError:
         raise RuleError(f"phrase file {str(path)!r} does not exist; check the path") from None
     except OSError as exc:
         raise RuleError(f"cannot read phrase file {str(path)!r}: {exc.strerror}") from None
+    if len(data) > limit:
+        raise RuleError(
+            f"phrase file {str(path)!r} is larger than the limit of {limit / 2**20:g} MiB; split it, or "
+            "raise the limit with max_file_bytes= (CLI: environment variable CULL_MAX_RULE_FILE_MB)")
     try:
         return data.decode("utf-8-sig")
     except UnicodeDecodeError as exc:
@@ -26,20 +60,57 @@ def _read_text(path: Path) -> str:
         ) from None
 
 
-def read_rule_file(path, action: str | None, bias: float | None, allow_symbols: bool = False) -> list[Rule]:
+def _check_nesting(text: str, quoted: re.Pattern, path: Path, kind: str) -> None:
+    """Refuse bracket nesting deeper than MAX_NESTING (outside quoted strings), before parsing."""
+    import numpy as np
+
+    bare = quoted.sub("", text).encode("utf-8", "surrogatepass")
+    b = np.frombuffer(bare, dtype=np.uint8)
+    step = np.isin(b, (ord("["), ord("{"))).astype(np.int32) - np.isin(b, (ord("]"), ord("}")))
+    depth = int(np.cumsum(step).max(initial=0))
+    if depth > MAX_NESTING:
+        raise RuleError(f"{path}: {kind} nested {depth} levels deep; a rule file needs at most 3 (the limit "
+                        f"is {MAX_NESTING}). Write a flat list of phrases")
+
+
+def _yaml_loader(yaml):
+    class NoAliasLoader(yaml.SafeLoader):
+        """SafeLoader that refuses aliases, so an alias bomb fails at its first '*'."""
+
+        def compose_node(self, parent, index):
+            if self.check_event(yaml.events.AliasEvent):
+                event = self.peek_event()
+                raise RuleError(f"line {event.start_mark.line + 1}, column {event.start_mark.column + 1}: "
+                                f"YAML alias *{event.anchor} is not allowed in a phrase file; write the "
+                                "phrases out")
+            return super().compose_node(parent, index)
+
+    return NoAliasLoader
+
+
+def read_rule_file(path, action: str | None, bias: float | None, allow_symbols: bool = False,
+                   max_file_bytes: int | None = None) -> list[Rule]:
     path = Path(path)
-    text = _read_text(path)
+    text = _read_text(path, max_file_bytes)
     suffix = path.suffix.lower()
     if suffix == ".json":
+        _check_nesting(text, _JSON_STRING, path, "JSON")
         try:
             data = json.loads(text)
         except json.JSONDecodeError as exc:
             raise RuleError(f"{path}: line {exc.lineno}, column {exc.colno}: malformed JSON: {exc.msg}") from None
+        except RecursionError:
+            raise RuleError(f"{path}: JSON nested too deeply; write a flat list of phrases") from None
         return _from_data(data, path, action, bias, allow_symbols)
     if suffix in (".yaml", ".yml"):
         yaml = require("yaml", "hf")
+        _check_nesting(text, _YAML_QUOTED, path, "YAML")
         try:
-            data = yaml.safe_load(text)
+            data = yaml.load(text, Loader=_yaml_loader(yaml))  # noqa: S506 (a SafeLoader subclass)
+        except RuleError as exc:
+            raise RuleError(f"{path}: {exc}") from None
+        except RecursionError:
+            raise RuleError(f"{path}: YAML nested too deeply; write a flat list of phrases") from None
         except yaml.YAMLError as exc:
             mark = getattr(exc, "problem_mark", None)
             where = f"line {mark.line + 1}, column {mark.column + 1}: " if mark else ""

@@ -90,6 +90,14 @@ def make_rule(
             f"phrase {item!r}{_where(source)} has a '*' inside it; '*' is a wildcard only at either "
             "end (e.g. 'delv*'). For patterns use a regex rule: 're:...'"
         )
+    bad = _control_char(core)
+    if bad is not None:
+        raise RuleError(
+            f"phrase {item!r}{_where(source)} contains the control character (or lone surrogate) U+{ord(bad):04X} at "
+            f"offset {core.index(bad)}; models do not write control characters as text and tokenizers "
+            "map them inconsistently, so cull does not match them. Remove it (a stray NUL or escape "
+            "from the file's encoding?)"
+        )
     if len(core) > max_chars:
         raise RuleError(
             f"phrase of {len(core)} characters{_where(source)} is longer than the limit of {max_chars}: "
@@ -102,6 +110,16 @@ def make_rule(
             "(CLI: --allow-symbols)"
         )
     return Rule(core, action, delta, lead, trail, None, source)
+
+
+# control characters (category Cc) that are not Unicode White_Space, and lone surrogates
+_CONTROL = re.compile("[\x00-\x08\x0e-\x1f\x7f-\x84\x86-\x9f\ud800-\udfff]")
+
+
+def _control_char(text: str) -> str | None:
+    """The first control character (not whitespace) or lone surrogate in `text`, or None."""
+    m = _CONTROL.search(text)
+    return m.group() if m else None
 
 
 def _regex_rule(pattern: str, action: str, delta: float, source: str) -> Rule:
@@ -179,10 +197,12 @@ class PhraseSet:
         """Read .txt, .json (strings, objects or antislop [phrase, multiplier] pairs) or .yaml.
 
         `action` overrides the actions in the file (e.g. action="ban" turns antislop multipliers
-        into hard bans)."""
+        into hard bans). `max_file_bytes` overrides the size limit (`cull.rule_files`, 64 MiB)."""
         from .rule_files import read_rule_file
 
-        return cls(read_rule_file(path, action, bias, options.get("allow_symbols", False)), **options)
+        max_file_bytes = options.pop("max_file_bytes", None)
+        return cls(read_rule_file(path, action, bias, options.get("allow_symbols", False), max_file_bytes),
+                   **options)
 
     def __len__(self) -> int:
         return len(self.rules)

@@ -20,9 +20,13 @@ def _encode(seq, radix: int) -> bytes:
     return b"".join(int(t).to_bytes(4, "big") for t in seq)
 
 
-def compile_token_rules(sequences: dict[tuple[int, ...], float], vocab_size: int) -> CompiledMatcher:
-    """sequences: {(id, id, ...): delta}; delta -inf bans. Returns a token-mode CompiledMatcher."""
-    if not sequences:
+def compile_token_rules(sequences: dict[tuple[int, ...], float], vocab_size: int, *,
+                        allow_empty: bool = False) -> CompiledMatcher:
+    """sequences: {(id, id, ...): delta}; delta -inf bans. Returns a token-mode CompiledMatcher.
+    `allow_empty`: no sequences is a matcher that changes nothing (HF's list after its EOS filter)."""
+    if isinstance(vocab_size, bool) or not isinstance(vocab_size, int) or vocab_size < 1:
+        raise RuleError(f"vocab_size must be a positive int, got {vocab_size!r}")
+    if not sequences and not allow_empty:
         raise RuleError("no token sequences given")
     best: dict[tuple[int, ...], float] = {}
     for seq, d in sequences.items():

@@ -284,23 +284,33 @@ def _banned_after(proc, tok, prefix: str, nxt: str) -> bool:
     assert len(ids) == 1, (nxt, tok.convert_ids_to_tokens(ids))
     prompt = tok(prefix)["input_ids"] if prefix else []
     proc.reset()
-    scores = torch.zeros(1, len(tok))
-    proc(torch.tensor([[tok.eos_token_id] + prompt]), scores)  # eos adds no text
+    scores = proc(torch.tensor([[tok.eos_token_id] + prompt]), torch.zeros(1, len(tok)))  # eos adds no text
     return bool(scores[0, ids[0]] == float("-inf"))
 
 
 def test_literal_regex_bans_both_spellings(gpt2):
+    """A literal regex means its strings anywhere, as the regex itself (and `cull.find`) would."""
     proc = cull.CullLogitsProcessor(["re:colou?r"], gpt2, include_prompt=True, cache=False)
     assert _banned_after(proc, gpt2, "I like the", " color")
     assert _banned_after(proc, gpt2, "I like the", " colour")
     assert _banned_after(proc, gpt2, "What COL", "OUR")  # split spelling, upper case
     assert _banned_after(proc, gpt2, "Col", "our")
     assert _banned_after(proc, gpt2, "Col", "or")
-    # no false bans: other words that contain the letters
+    assert _banned_after(proc, gpt2, "water", "color")  # inside a word, as find reports it
+    assert [m.start for m in cull.find("watercolor", ["re:colou?r"])] == [5]
+    assert not _banned_after(proc, gpt2, "I like the", " col")
+
+
+def test_literal_regex_word_boundaries(gpt2):
+    """`\b` at an end of a literal regex asks for a whole word on that side."""
+    proc = cull.CullLogitsProcessor([r"re:\bcolou?r\b"], gpt2, include_prompt=True, cache=False)
+    assert _banned_after(proc, gpt2, "Col", "our")
     assert not _banned_after(proc, gpt2, "The", " colours")
     assert not _banned_after(proc, gpt2, "I like the", " colors")
     assert not _banned_after(proc, gpt2, "water", "color")  # not a whole word
     assert not _banned_after(proc, gpt2, "water", "colour")
+    assert cull.find("watercolor colours", [r"re:\bcolou?r\b"]) == []
+    assert [m.span() for m in cull.find("a COLOUR.", [r"re:\bcolou?r\b"])] == [(2, 8)]
 
 
 # ---- resource guards ------------------------------------------------------------------------------
@@ -445,8 +455,7 @@ def test_cache_never_unpickles(tmp_path, monkeypatch, key):
             z[k]
     # and the processor built from the recompiled tables works
     proc = cull.CullLogitsProcessor(again, include_prompt=True)
-    scores = torch.zeros(1, len(vocab))
-    proc(torch.tensor([[len(vocab) - 1]]), scores)
+    scores = proc(torch.tensor([[len(vocab) - 1]]), torch.zeros(1, len(vocab)))
     assert scores[0, _tid(vocab, b" delve")] == float("-inf")
     assert scores[0, _tid(vocab, b" tapestry")] == 0
     assert not marker.exists()

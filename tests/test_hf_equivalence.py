@@ -7,9 +7,10 @@ sequences end in the same token. Where several do, HF sums their biases and cull
 (minimum) one once: that documented difference has its own test.
 
 EOS: HF's NoBadWords drops a single-token bad word equal to `eos_token_id` (it never bans EOS on its
-own). cull's token-form processor has no EOS argument and bans exactly what it is given, so the random
-tests pass `eos_token_id=None` to HF, and `test_eos_filter_is_hf_only` shows the one-line filter that
-makes the two agree when HF is given an EOS id.
+own); `token_sequence_processor(..., eos_token_id=...)` does the same. Without `eos_token_id` cull bans
+exactly what it is given. HF's own unit tests (tests/generation/test_logits_process.py,
+`test_no_bad_words_dist_processor` and `test_bias_dist_processor`) are re-expressed here with HF's
+expected values, including "processor should not change logits in-place".
 """
 import math
 
@@ -171,17 +172,74 @@ def test_bans_equal_no_bad_words_dtypes(backend, dtype):
 @pytest.mark.parametrize("backend", BACKENDS)
 def test_eos_filter_is_hf_only(backend):
     """HF drops the single-token bad word [eos] (but keeps multi-token ones that end in EOS);
-    filtering the same way before cull gives identical scores."""
+    `eos_token_id=` does the same, and without it cull bans [eos] as asked."""
     V, eos = 60, 7
     bad = [[eos], [3], [3, eos], [5, 6, eos], [eos, 4]]
     ids = torch.tensor([[1, 2, 3], [9, 5, 6], [0, 0, eos], [4, 4, 4]])
     scores = torch.randn(4, V)
     expected = NoBadWordsLogitsProcessor(bad, eos_token_id=eos)(ids, scores.clone())
     assert torch.isfinite(expected[:, eos]).tolist() == [False, False, True, True]
-    filtered = [s for s in bad if s != [eos]]
-    assert_same(cull_scores(filtered, V, backend, ids, scores), expected)
-    # unfiltered, cull bans [eos] as asked (the documented difference of the token form)
+    got = cull.token_sequence_processor(bad, V, backend=backend, eos_token_id=eos)(ids, scores)
+    assert_same(got, expected)
+    got = cull.token_sequence_processor(bad, V, backend=backend, eos_token_id=[eos, 50])(ids, scores)
+    assert_same(got, expected)
     assert torch.isinf(cull_scores(bad, V, backend, ids, scores)[:, eos]).all()
+
+
+# HF's test_no_bad_words_dist_processor / test_bias_dist_processor: the same inputs, HF's expected values
+HF_IDS = [[0, 1, 3, 1], [0, 1, 0, 1]]
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_hf_no_bad_words_case(backend):
+    ids = torch.tensor(HF_IDS)
+    scores = torch.ones(2, 5) / 5  # HF's uniform logits
+    original = scores.clone()
+    proc = cull.token_sequence_processor([[1], [4], [1, 0], [0, 1, 2], [1, 3, 1, 3]], 5, backend=backend,
+                                         eos_token_id=4)
+    filtered = proc(ids, scores)
+    assert torch.isinf(filtered).tolist() == [[True, True, False, True, False], [True, True, True, False, False]]
+    assert not torch.all(scores == filtered)  # "processor should not change logits in-place"
+    assert torch.equal(scores, original)
+    # HF's edge case: the only bad word is EOS, so nothing changes
+    edge = cull.token_sequence_processor([[4]], 5, backend=backend, eos_token_id=4)
+    torch.testing.assert_close(edge(ids, scores), scores, rtol=1e-3, atol=1e-3)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_hf_sequence_bias_case(backend):
+    ids = torch.tensor(HF_IDS)
+    bias = {(1,): 100.0, (4,): 100.0, (1, 0): -100.0, (0, 1, 2): -100.0, (1, 3, 1, 3): -100.0,
+            (1, 3, 1, 3, 1, 3): -100.0}  # the same termination twice, as HF's test has it
+    scores = torch.zeros(2, 5)
+    filtered = cull.token_sequence_processor(bias, 5, backend=backend)(ids, scores)
+    assert filtered.tolist() == [[-100.0, 100.0, 0.0, -100.0, 100.0], [-100.0, 100.0, -100.0, 0.0, 100.0]]
+    assert not torch.all(scores == filtered)
+    assert torch.equal(scores, torch.zeros(2, 5))
+    # and HF's own processor agrees on this case
+    assert torch.equal(SequenceBiasLogitsProcessor(sequence_bias={k: v for k, v in bias.items()})(ids, scores), filtered)
+
+
+def test_inplace_option_edits_the_input():
+    ids = torch.tensor(HF_IDS)
+    scores = torch.ones(2, 5)
+    proc = cull.token_sequence_processor([[1]], 5, backend="torch", inplace=True)
+    out = proc(ids, scores)
+    assert out is scores and torch.isinf(scores[:, 1]).all()
+    with pytest.raises(cull.CullError, match="inplace"):
+        cull.CullLogitsProcessor(proc.matcher, inplace="yes")
+
+
+def test_narrower_logits_are_refused():
+    proc = cull.token_sequence_processor([[1, 2]], 50, backend="torch")
+    with pytest.raises(cull.CullError, match="compiled for a vocabulary of 50"):
+        proc(torch.tensor([[1]]), torch.zeros(1, 49))
+    assert proc(torch.tensor([[1]]), torch.zeros(1, 64)).shape == (1, 64)  # a padded lm head is fine
+
+
+def test_eos_token_id_bad_type():
+    with pytest.raises(cull.CullError, match="eos_token_id"):
+        cull.token_sequence_processor([[1]], 5, eos_token_id="</s>")
 
 
 # ---- biases: SequenceBiasLogitsProcessor ---------------------------------------------------------------

@@ -233,9 +233,9 @@ def test_reused_processor_continuation_call(stories):
 
 
 def test_reused_processor_partial_batch_continuation(stories):
-    """BUG (state leak, partial): one row of the new call continues the previous call's row, another
-    row is new. The new row is read with the previous call's prompt length, so its own prompt
-    "Once upon a" counts as generated text and " time" is banned (a fresh processor allows it)."""
+    """One row of the new call continues the previous call's last row, another row is new. The new
+    row is read with its own prompt ("Once upon a" is prompt, so " time" is allowed, as with a fresh
+    processor); it used to be read with the previous call's prompt length (cull/row_states.py)."""
     model, tok = stories
     shared = cull.CullLogitsProcessor([PHRASE], tok)
     _, first = generate(model, tok, [""], [shared], max_new_tokens=5)  # prompt: <s> alone
