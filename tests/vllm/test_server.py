@@ -3,24 +3,14 @@ phrases banned, a bad request gets HTTP 400 with cull's message, and the server 
 import json
 import os
 import re
-import socket
-import subprocess
-import sys
-import time
 import urllib.error
 import urllib.request
 
 import pytest
 
-from helpers import tiny_llama
+from helpers import Server, tiny_llama, tiny_server_args
 
 pytestmark = pytest.mark.vllm
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def post(port, body) -> tuple[int, dict]:
@@ -36,30 +26,10 @@ def post(port, body) -> tuple[int, dict]:
 @pytest.fixture(scope="module")
 def server(tmp_path_factory):
     model = tiny_llama(tmp_path_factory.mktemp("tiny-llama-server"))
-    port = free_port()
-    log = open(tmp_path_factory.mktemp("log") / "server.log", "w+")
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "vllm.entrypoints.openai.api_server", "--model", str(model), "--host", "127.0.0.1",
-         "--port", str(port), "--enforce-eager", "--dtype", "float32", "--max-model-len", "512",
-         "--kv-cache-memory-bytes", str(64 * 2**20), "--served-model-name", "tiny",
-         "--logits-processors", "cull.integrations.vllm:CullLogitsProcessor"],
-        stdout=log, stderr=subprocess.STDOUT, env={**os.environ, "PYTHONUNBUFFERED": "1"})
-    deadline = time.time() + 600  # a loaded 2-core machine starts vLLM slowly
-    while True:
-        try:
-            with urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=2) as r:
-                if r.status == 200:
-                    break
-        except OSError:
-            pass
-        if proc.poll() is not None or time.time() > deadline:
-            log.seek(0)
-            proc.kill()
-            raise RuntimeError("the vLLM server did not start:\n" + log.read()[-4000:])
-        time.sleep(1)
-    yield port
-    proc.terminate()
-    proc.wait(timeout=60)
+    srv = Server(tiny_server_args(model) + ["--served-model-name", "tiny"], dict(os.environ),
+                 tmp_path_factory.mktemp("log") / "server.log")
+    yield srv.port
+    srv.stop()
 
 
 def test_server_good_bad_good(server):

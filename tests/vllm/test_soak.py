@@ -9,16 +9,12 @@ import os
 import random
 import re
 import shutil
-import subprocess
-import sys
-import time
 import urllib.request
 from pathlib import Path
 
 import pytest
 
-from helpers import DATA, tiny_llama
-from test_server import free_port
+from helpers import DATA, Server, tiny_llama, tiny_server_args
 
 pytestmark = pytest.mark.vllm
 
@@ -70,35 +66,14 @@ def soak_server(tmp_path_factory):
     cache = root / "cache"
     prom = root / "prometheus"  # how the engine process's counters reach /metrics
     prom.mkdir()
-    port = free_port()
-    env = {**os.environ, "PYTHONUNBUFFERED": "1", "CULL_CACHE_DIR": str(cache), "CULL_CACHE_MIB": str(CACHE_MIB),
+    env = {**os.environ, "CULL_CACHE_DIR": str(cache), "CULL_CACHE_MIB": str(CACHE_MIB),
            "CULL_MATCHER_CACHE_MIB": str(MATCHER_MIB), "CULL_LISTS_DIR": str(lists),
            "CULL_MAX_REQUEST_PHRASES": "5000", "PROMETHEUS_MULTIPROC_DIR": str(prom)}
     env.pop("VLLM_ENABLE_V1_MULTIPROCESSING", None)  # the engine in its own process, as deployed
-    log = open(root / "server.log", "w+")
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "vllm.entrypoints.openai.api_server", "--model", str(model), "--host", "127.0.0.1",
-         "--port", str(port), "--enforce-eager", "--dtype", "float32", "--max-model-len", "512",
-         "--kv-cache-memory-bytes", str(64 * 2**20), "--served-model-name", "tiny", "--max-num-seqs", "64",
-         "--chat-template", str(root / "chat.jinja"),
-         "--logits-processors", "cull.integrations.vllm:CullLogitsProcessor"],
-        stdout=log, stderr=subprocess.STDOUT, env=env)
-    deadline = time.time() + 600  # a loaded 2-core machine starts vLLM slowly
-    while True:
-        try:
-            with urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=2) as r:
-                if r.status == 200:
-                    break
-        except OSError:
-            pass
-        if proc.poll() is not None or time.time() > deadline:
-            log.seek(0)
-            proc.kill()
-            raise RuntimeError("the vLLM server did not start:\n" + log.read()[-4000:])
-        time.sleep(1)
-    yield {"port": port, "pid": proc.pid, "cache": cache, "log": log, "proc": proc}
-    proc.terminate()
-    proc.wait(timeout=60)
+    srv = Server(tiny_server_args(model) + ["--served-model-name", "tiny", "--max-num-seqs", "64",
+                                            "--chat-template", str(root / "chat.jinja")], env, root / "server.log")
+    yield {"port": srv.port, "pid": srv.proc.pid, "cache": cache, "proc": srv.proc}
+    srv.stop()
 
 
 def test_soak_many_users_many_lists(soak_server):

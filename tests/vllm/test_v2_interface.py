@@ -21,8 +21,8 @@ LISTS = [None, ["delve"], ["a testament to", "tapestry"]]
 MAX_REQS, MAX_LEN = 6, 96
 
 
-def test_v2_processor_matches_reference():
-    rng = random.Random(0)
+def v2_setup():
+    """A V2 processor over vLLM's real LogitsProcRequestState, and the reference's matchers."""
     tok = gpt2_tokenizer()
     matchers = {tuple(p): cull.compile_rules(cull.PhraseSet(p), tok, vocab_size=VOCAB) for p in LISTS if p}
     spell = {p: tok.encode(" " + " ".join(p)) for p in matchers}
@@ -31,7 +31,12 @@ def test_v2_processor_matches_reference():
     states = LogitsProcRequestState(device=torch.device("cpu"), max_num_reqs=MAX_REQS, vocab_size=VOCAB,
                                     all_token_ids=SimpleNamespace(gpu=history), prompt_len=SimpleNamespace(np=prompt_len),
                                     prefill_len=SimpleNamespace(np=prompt_len.copy()), total_len=SimpleNamespace(gpu=None))
-    proc = CullLogitsProcessorV2(fake_vllm_config(), states)
+    return tok, matchers, spell, history, prompt_len, CullLogitsProcessorV2(fake_vllm_config(), states)
+
+
+def test_v2_processor_matches_reference():
+    rng = random.Random(0)
+    tok, matchers, spell, history, prompt_len, proc = v2_setup()
     live: dict[int, dict] = {}
     acted = 0
     for step in range(50):
@@ -92,15 +97,7 @@ def test_v2_speculative_rows_match_reference(seed):
     token: each row's state is its request's committed state advanced over the drafts before it.
     Random drafts, random acceptance, rows shuffled across requests, slots recycled."""
     rng = random.Random(100 + seed)
-    tok = gpt2_tokenizer()
-    matchers = {tuple(p): cull.compile_rules(cull.PhraseSet(p), tok, vocab_size=VOCAB) for p in LISTS if p}
-    spell = {p: tok.encode(" " + " ".join(p)) for p in matchers}
-    history = torch.zeros(MAX_REQS, MAX_LEN, dtype=torch.int32)
-    prompt_len = np.zeros(MAX_REQS, np.int32)
-    states = LogitsProcRequestState(device=torch.device("cpu"), max_num_reqs=MAX_REQS, vocab_size=VOCAB,
-                                    all_token_ids=SimpleNamespace(gpu=history), prompt_len=SimpleNamespace(np=prompt_len),
-                                    prefill_len=SimpleNamespace(np=prompt_len.copy()), total_len=SimpleNamespace(gpu=None))
-    proc = CullLogitsProcessorV2(fake_vllm_config(), states)
+    tok, matchers, spell, history, prompt_len, proc = v2_setup()
     live: dict[int, dict] = {}
     acted = 0
 
