@@ -2,28 +2,25 @@
 from __future__ import annotations
 
 from .errors import RuleError
-from .normalize import BOUNDARY, OTHER, WORD, char_class, spellings, transduce
+from .find import phrase_units
+from .normalize import BOUNDARY, OTHER, WORD, emit_units
 from .rules import Options, PhraseSet, Rule
 
 
 def rule_patterns(rule: Rule, opts: Options) -> list[bytes]:
-    """Every symbol string that spells `rule`; leading/trailing BOUNDARY encode whole-word ends."""
-    chars = rule.phrase
-    try:
-        variants = spellings(chars, opts.ignore_case, opts.fold_quotes)
-    except ValueError as exc:
+    """The symbol string that spells `rule`; leading/trailing BOUNDARY encode whole-word ends. (One
+    pattern per rule: case, quotes and compatibility forms are folded on the text side too.)"""
+    units = phrase_units(rule.phrase, opts.fold())
+    if not units:
         raise RuleError(
-            f"phrase {rule.text!r} ({rule.source}) has too many spelling variants: {exc}. "
-            "Shorten it or set fold_quotes=False"
-        ) from None
-    first, last = char_class(chars[0]), char_class(chars[-1])
+            f"phrase {rule.text!r} ({rule.source}) is empty once normalised (it has only invisible "
+            "characters such as zero-width spaces, which matching skips); delete it")
+    first, last = units[0][1], units[-1][1]
     start_cls = OTHER if (first == WORD and not rule.leading_wildcard) else first
     tail = bytes([BOUNDARY]) if (last == WORD and not rule.trailing_wildcard) else b""
-    out = []
-    for v in variants:
-        sym, _ = transduce(v.encode("utf-8"), start_cls, fold_case=opts.ignore_case)
-        out.append(sym + tail)
-    return out
+    out = bytearray()
+    emit_units(units, start_cls, out)
+    return [bytes(out) + tail]
 
 
 def compile_patterns(rules: PhraseSet, max_symbols: int) -> dict[bytes, float]:
