@@ -193,7 +193,7 @@ def _safe_point(text: _Text, states, rules: PhraseSet) -> int:
         n = max(0, n - REGEX_HOLD)
     safe = 0
     for i in range(len(states) - 1, -1, -1):
-        if states[i][0] == 0:
+        if states[i][0] == 0 and states[i][1] < 3:  # at the root, and not inside a split character
             safe = text.ends[i]
             break
     if not rules.phrase_rules:

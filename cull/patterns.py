@@ -3,14 +3,21 @@ from __future__ import annotations
 
 from .errors import RuleError
 from .find import phrase_units
-from .normalize import BOUNDARY, OTHER, WORD, emit_units
+from .normalize import _ASCII_CLASS, BOUNDARY, OTHER, WORD, emit_units, transduce
 from .rules import Options, PhraseSet, Rule
 
 
-def rule_patterns(rule: Rule, opts: Options) -> list[bytes]:
+def rule_patterns(rule: Rule, opts: Options, fast: bool = True) -> list[bytes]:
     """The symbol string that spells `rule`; leading/trailing BOUNDARY encode whole-word ends. (One
     pattern per rule: case, quotes and compatibility forms are folded on the text side too.)"""
-    units = phrase_units(rule.phrase, opts.fold())
+    fold = opts.fold()
+    if fast and rule.phrase.isascii() and "\0" not in rule.phrase:  # the common case, at C speed
+        body, _ = transduce(rule.phrase.encode(), OTHER, fold)
+        first, last = _ASCII_CLASS[rule.phrase.encode()[0]], _ASCII_CLASS[rule.phrase.encode()[-1]]
+        if first == WORD and rule.leading_wildcard:
+            body = body[1:]  # no leading boundary
+        return [body + (bytes([BOUNDARY]) if (last == WORD and not rule.trailing_wildcard) else b"")]
+    units = phrase_units(rule.phrase, fold)
     if not units:
         raise RuleError(
             f"phrase {rule.text!r} ({rule.source}) is empty once normalised (it has only invisible "

@@ -98,12 +98,12 @@ class PendingRows:
         self.cont = torch.from_numpy(continuation_tokens(matcher.token_bytes)).to(device)
 
     def apply(self, logits, nodes, classes, fn, tables):
-        cls_host = classes.detach().cpu().numpy() if isinstance(classes, torch.Tensor) else np.asarray(classes)
-        rows = np.flatnonzero(cls_host >= 3)
-        if not len(rows):
+        cls_host = _host(classes)
+        if not cls_host.size or cls_host.max() < 3:  # the common step: no row inside a character
             return fn(logits, nodes, classes, tables)
+        rows = np.flatnonzero(cls_host >= 3)
         matcher = self._matcher()
-        node_host = nodes.detach().cpu().numpy() if isinstance(nodes, torch.Tensor) else np.asarray(nodes)
+        node_host = _host(nodes)
         states = [(int(node_host[r]), int(cls_host[r])) for r in rows]
         node2, cls2 = node_host.astype(np.int64).copy(), cls_host.astype(np.int64).copy()
         node2[rows], cls2[rows] = 0, OTHER
@@ -125,3 +125,9 @@ class PendingRows:
             old = logits[row, ids].float()
             logits[row, ids] = torch.where(d == -math.inf, d, old + d).to(logits.dtype)
         return logits
+
+
+def _host(x) -> np.ndarray:
+    if isinstance(x, torch.Tensor):
+        return x.detach().numpy() if x.device.type == "cpu" else x.detach().cpu().numpy()
+    return np.asarray(x)

@@ -40,11 +40,14 @@ class TokenKeys:
                     keys[c][t] = sym
                     lead[c][t] = c == WORD
                 continue
-            for c in CLASSES:
-                sym, _ = transduce(raw, c, fold)
-                if sym[:1] == B:
-                    sym, lead[c][t] = sym[1:], 1
-                keys[c][t] = sym
+            # the first character is a space: from SPACE it vanishes, from WORD a boundary precedes
+            # it, and the rest is the same from every class (the class after a space is SPACE)
+            keys[OTHER][t] = keys[WORD][t] = sym
+            lead[WORD][t] = 1
+            rest = sym[1:]
+            if rest[:1] == B:
+                rest, lead[SPACE][t] = rest[1:], 1
+            keys[SPACE][t] = rest
         self.n = n
         self.fold = fold
         self.keys = keys

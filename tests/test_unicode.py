@@ -131,3 +131,22 @@ def test_nfkd_of_each_disguise_is_the_plain_phrase():
     """The disguises above are what they claim to be (a check on the test data)."""
     for text, phrase in DISGUISES[10:14]:
         assert phrase in unicodedata.normalize("NFKC", text).casefold()
+
+
+def test_ascii_pattern_fast_path_equals_definition():
+    import random
+
+    from cull.patterns import rule_patterns
+    from cull.rules import make_rule
+
+    rng = random.Random(0)
+    chars = list("abZ_1 ,'-.") + ["  "]
+    for _ in range(500):
+        text = "".join(rng.choice(chars) for _ in range(rng.randint(1, 8)))
+        text = rng.choice(["", "*"]) + text + rng.choice(["", "*"])
+        try:
+            rule = make_rule(text, allow_symbols=True)
+        except cull.errors.RuleError:
+            continue
+        for opts in (cull.PhraseSet([]).options, cull.PhraseSet([], ignore_case=False).options):
+            assert rule_patterns(rule, opts) == rule_patterns(rule, opts, fast=False), text
