@@ -56,20 +56,53 @@ def token_delta(matcher, state, raw: bytes) -> float:
     return min(best, float(out[matcher._step(node, BOUNDARY)]))
 
 
+def _symbols_from(matcher, code: int) -> list[tuple[bytes, int]]:
+    """(symbols, token) of every continuation token fed from transducer state `code`, sorted by
+    symbols so that shared prefixes are stepped once. Independent of the node: cached per code."""
+    cache = matcher.__dict__.setdefault("_pending_syms", OrderedDict())
+    hit = cache.get(code)
+    if hit is None:
+        if "_cont_ids" not in matcher.__dict__:
+            matcher._cont_ids = continuation_tokens(matcher.token_bytes)
+        tb, fold = matcher.token_bytes, matcher.fold
+        hit = sorted((transduce(tb[t], code, fold)[0], t) for t in matcher._cont_ids.tolist())
+        cache[code] = hit
+        if len(cache) > CACHE_STATES:
+            cache.popitem(last=False)
+    return hit
+
+
 def continuation_deltas(matcher, state) -> dict[int, float]:
-    """{continuation token: delta} for the continuation tokens that `state` bans or biases."""
+    """{continuation token: delta} for the continuation tokens that `state` bans or biases: each
+    token's `token_delta`, with the automaton walked once per shared symbol prefix."""
     cache = matcher.__dict__.setdefault("_pending_cache", OrderedDict())
     key = (int(state[0]), int(state[1]))
     hit = cache.get(key)
     if hit is not None:
         cache.move_to_end(key)
         return hit
-    if "_cont_ids" not in matcher.__dict__:
-        matcher._cont_ids = continuation_tokens(matcher.token_bytes)
-    tb = matcher.token_bytes
-    out = {}
-    for t in matcher._cont_ids.tolist():
-        d = token_delta(matcher, key, tb[t])
+    out_tab = matcher.tables["node_out"]
+    step = matcher._step
+    out: dict[int, float] = {}
+    prev = b""
+    nodes, bests = [key[0]], [math.inf]  # automaton node and best delta after each prefix of `prev`
+    for syms, t in _symbols_from(matcher, key[1]):
+        if not syms:
+            continue
+        common = 0
+        limit = min(len(prev), len(syms))
+        while common < limit and prev[common] == syms[common]:
+            common += 1
+        del nodes[common + 1:], bests[common + 1:]
+        for k in range(common, len(syms)):
+            n = step(nodes[k], syms[k])
+            b = bests[k]
+            if k or syms[k] != BOUNDARY:
+                b = min(b, float(out_tab[n]))
+            nodes.append(n)
+            bests.append(b)
+        prev = syms
+        d = min(bests[len(syms)], float(out_tab[step(nodes[len(syms)], BOUNDARY)]))
         if d < math.inf:
             out[t] = d
     cache[key] = out

@@ -150,3 +150,22 @@ def test_ascii_pattern_fast_path_equals_definition():
             continue
         for opts in (cull.PhraseSet([]).options, cull.PhraseSet([], ignore_case=False).options):
             assert rule_patterns(rule, opts) == rule_patterns(rule, opts, fast=False), text
+
+
+def test_continuation_deltas_equal_token_by_token():
+    """The prefix-sharing walk over continuation tokens gives each token's own `token_delta`."""
+    import random
+
+    from cull.pending import continuation_deltas, continuation_tokens, token_delta
+    from randomized import build
+
+    for seed in range(6):
+        rng = random.Random(seed)
+        vocab, tb, special, rules, m = build(rng, 80, rng.randint(1, 5), bias=seed % 2 == 1)
+        cont = continuation_tokens(tb).tolist()
+        for _ in range(30):
+            st = m.initial_state()
+            for _ in range(rng.randint(0, 8)):
+                st = m.advance(st, rng.randrange(len(tb)))
+            want = {t: d for t in cont if (d := token_delta(m, st, tb[t])) < float("inf")}
+            assert continuation_deltas(m, st) == want, st
