@@ -68,6 +68,7 @@ def _fold_char_uncached(ch: str, fold: int) -> str:
 
 
 _FOLD_CACHE: dict[tuple[str, int], str] = {}
+CACHE_LIMIT = 200_000  # per-character caches; far more than any vocabulary's distinct characters
 
 
 def fold_char(ch: str, fold: int = DEFAULT_FOLD) -> str:
@@ -75,6 +76,8 @@ def fold_char(ch: str, fold: int = DEFAULT_FOLD) -> str:
     key = (ch, fold)
     hit = _FOLD_CACHE.get(key)
     if hit is None:
+        if len(_FOLD_CACHE) > CACHE_LIMIT:
+            _FOLD_CACHE.clear()
         hit = _FOLD_CACHE[key] = _fold_char_uncached(ch, fold)
     return hit
 
@@ -92,6 +95,8 @@ def norm_class(u: str) -> int:
             c = OTHER if has_property("unspaced", ord(u)) else WORD
         else:
             c = OTHER
+        if len(_CLASS_CACHE) > CACHE_LIMIT:
+            _CLASS_CACHE.clear()
         _CLASS_CACHE[u] = c
     return c
 
@@ -125,35 +130,25 @@ def _char_symbols(ch: str, fold: int) -> tuple[tuple[int, bytes], ...]:
     key = (ch, fold)
     hit = _SYM_CACHE.get(key)
     if hit is None:
-        hit = tuple((c, b"\x09" if u == "\0" else u.encode("utf-8", "surrogatepass"))
-                    for u, c in char_units(ch, fold))
+        hit = tuple((c, _symbol_bytes(u)) for u, c in char_units(ch, fold))
+        if len(_SYM_CACHE) > CACHE_LIMIT:  # a text of every code point must not grow it without bound
+            _SYM_CACHE.clear()
         _SYM_CACHE[key] = hit
     return hit
 
 
+def _symbol_bytes(u: str) -> bytes:
+    return bytes([NUL_STANDIN]) if u == "\0" else u.encode("utf-8", "surrogatepass")
+
+
 def emit(text: str, cls: int, fold: int, out: bytearray) -> int:
     """Append the symbols of decoded `text` to `out` from class `cls`; return the class after."""
-    B = BOUNDARY
-    for ch in text:
-        for c, sym in _char_symbols(ch, fold):
-            if c == SPACE:
-                if cls == SPACE:
-                    continue
-                if cls == WORD:
-                    out.append(B)
-                out.append(0x20)
-            else:
-                if (c == WORD) != (cls == WORD):
-                    out.append(B)
-                out += sym
-            cls = c
-    return cls
+    return emit_symbols((p for ch in text for p in _char_symbols(ch, fold)), cls, out)
 
 
 def emit_units(units, cls: int, out: bytearray) -> int:
     """emit() for characters already normalised: (normalised character, class) pairs."""
-    return emit_symbols(((c, b"\x09" if u == "\0" else u.encode("utf-8", "surrogatepass")) for u, c in units),
-                        cls, out)
+    return emit_symbols(((c, _symbol_bytes(u)) for u, c in units), cls, out)
 
 
 def emit_symbols(pairs, cls: int, out: bytearray) -> int:
