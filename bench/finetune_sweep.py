@@ -143,9 +143,9 @@ def run(args) -> dict:
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     add_setup_args(p)
-    p.add_argument("--kl", nargs="+", type=float, default=[1.0, 3.0])
-    p.add_argument("--rounds", nargs="+", type=int, default=[1, 2])
-    p.add_argument("--scales", nargs="+", type=float, default=[0.5, 0.75, 1.0])
+    p.add_argument("--kl", nargs="+", type=float, default=None, help="KL weights (default 1 3; --quick: 0 1)")
+    p.add_argument("--rounds", nargs="+", type=int, default=None, help="rounds (default 1 2)")
+    p.add_argument("--scales", nargs="+", type=float, default=None, help="merge scales (default 0.5 0.75 1; --quick: 0.5 1)")
     p.add_argument("--steps", type=int, default=200)
     p.add_argument("--lr", type=float, default=None)
     p.add_argument("--eval-every", type=int, default=25)
@@ -155,7 +155,10 @@ def main(argv=None):
     if args.quick:
         quick_defaults(args, data_dir)
         args.steps, args.lr, args.eval_every, args.val_samples = 12, 5e-3, 4, 16
-        args.kl, args.rounds, args.scales = [0.0, 1.0], [1, 2], [0.5, 1.0]
+    quick = args.quick
+    args.kl = args.kl or ([0.0, 1.0] if quick else [1.0, 3.0])
+    args.rounds = args.rounds or [1, 2]
+    args.scales = args.scales or ([0.5, 1.0] if quick else [0.5, 0.75, 1.0])
     return run(args)
 
 

@@ -30,11 +30,13 @@ _LETTERS = re.compile(r"[A-Za-z]")
 
 def corpus_path(path=None) -> Path:
     """The corpus file: `path`, else $CULL_HUMAN_TEXT, else the jargon-text package's file."""
-    for p in ([path] if path else []) + [os.environ.get("CULL_HUMAN_TEXT")] + list(DEFAULT_PATHS):
+    if path:
+        if not Path(path).is_file():
+            raise CullError(f"human-written text file {str(path)!r} not found; {INSTALL_HINT}")
+        return Path(path)
+    for p in [os.environ.get("CULL_HUMAN_TEXT")] + list(DEFAULT_PATHS):
         if p and Path(p).is_file():
             return Path(p)
-    if path:
-        raise CullError(f"human-written text file {str(path)!r} not found; {INSTALL_HINT}")
     raise CullError(f"no human-written English corpus found (looked in {', '.join(DEFAULT_PATHS)}); {INSTALL_HINT}")
 
 

@@ -77,7 +77,7 @@ class _Loop:
             nat_batch = batch_of(nat, cfg.batch_size, seed + 2, step, acc.process_index, acc.num_processes) \
                 if nat is not None else None
             try:
-                with acc.autocast():
+                with torch.autocast(acc.device.type, dtype=torch.bfloat16, enabled=cfg.dtype == "bf16"):
                     loss, parts = step_loss(self.model, pref, retain, self.pad, weights, acc.device,
                                             method=cfg.method, nat=nat_batch)
                 self.opt.zero_grad(set_to_none=True)

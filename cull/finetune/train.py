@@ -175,7 +175,7 @@ def finetune(model, tok, rules, prompts, out_dir, cfg: FinetuneConfig | None = N
     rules = as_phrase_set(rules)
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    acc = Accelerator(mixed_precision="bf16" if cfg.dtype == "bf16" else "no")
+    acc = Accelerator()  # bf16 is an autocast in the loop: accelerate's state is one per process
     set_seed(cfg.seed)
     model.to(acc.device)
     model.eval()
