@@ -61,10 +61,12 @@ def find_chosen(model, tok, rules, found, *, top_k: int = 8, min_prob: float = 0
     examples = []
     for b in tqdm(range(0, len(found), per), desc="finding alternatives", disable=not progress, leave=False):
         chunk = found[b:b + per]
-        probs = torch.softmax(_last_logits(model, [c[3] for c in chunk], pad, device), -1)
+        logits = _last_logits(model, [c[3] for c in chunk], pad, device)
+        probs = torch.softmax(logits, -1)
         ref_logits = None
-        if reference is not None:
-            ref_logits = _last_logits(reference, [c[3] for c in chunk], pad, device).half().cpu().numpy()
+        if reference is not None:  # the same forward when the reference is the model itself (round 1)
+            ref = logits if reference is model else _last_logits(reference, [c[3] for c in chunk], pad, device)
+            ref_logits = ref.half().cpu().numpy()
         rows = []
         for i, (g, _, ti, _) in enumerate(chunk):
             rejected = g.gen_ids[ti]
