@@ -22,6 +22,13 @@ def _ci_pct(v, ci) -> str:
     return f"{_pct(v)} ({_pct(lo)}, {_pct(hi)})" if math.isfinite(lo) else _pct(v)
 
 
+def _reduction(red: dict) -> str:
+    r, (lo, hi) = red["reduction"], red["reduction_ci"]
+    if not math.isfinite(r):
+        return "-"
+    return f"{100 * r:.1f}% ({100 * lo:.1f}-{100 * hi:.1f}%)" if math.isfinite(lo) else f"{100 * r:.1f}%"
+
+
 def markdown(results: list[dict]) -> str:
     """One row per evaluated model: hits with prompt-clustered CIs, the reduction against the
     reference (paired by prompt), perplexity changes on clean replies and human text (paired CIs),
@@ -39,7 +46,7 @@ def markdown(results: list[dict]) -> str:
         ppl = r.get("clean_replies_of_reference") or r.get("clean_replies")
         row = [r.get("name", "model"), f"{s['hits_per_1k_words']:.2f} ({ci[0]:.2f}-{ci[1]:.2f})",
                f"{s['generations_with_hit']}/{s['generations']}",
-               _ci_pct(-red["reduction"], [-red["reduction_ci"][1], -red["reduction_ci"][0]]) if red else "-",
+               _reduction(red) if red else "-",
                str(r["greedy"]["hits"]) if "greedy" in r else "-",
                f"{ppl['perplexity']:.3f}" if ppl else "-",
                _ci_pct(vs["clean_replies"]["change"], vs["clean_replies"]["change_ci"]) if "clean_replies" in vs else "-",
