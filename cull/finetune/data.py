@@ -204,12 +204,14 @@ def build_data(model, tok, rules: PhraseSet, prompts: list[str], *, n_samples: i
                max_chosen: int = 4, max_per_pair: int = 8, lookahead: int = 6, retain_per_gen: int = 0,
                retain_top: int = 64, batch_size: int = 16, chat: bool | None = None, progress: bool = True,
                gens: list[Generation] | None = None, max_examples: int | None = None, reference=None,
-               commit_prob: float = 0.5, val_fraction: float = 0.15, keep_tether: bool = True) -> FinetuneData:
+               commit_prob: float = 0.5, val_fraction: float = 0.15, keep_tether: bool = True,
+               with_retain: bool = True) -> FinetuneData:
     """Sample `model` and turn its hits into preference examples and its clean text into a retain
     set (see the module docstring). `reference` (default: `model`) gives the tether logits and the
     retain distributions: later rounds sample the tuned model but stay tied to the original base.
-    `retain_per_gen` > 0 keeps that many random positions per clean sample instead of all of them.
-    Raises a CullError when there are no hits."""
+    `retain_per_gen` > 0 keeps that many random positions per clean sample instead of all of them;
+    `with_retain=False` builds no retain set (later rounds keep the first one). Raises a CullError
+    when there are no hits."""
     from .examples import build_retain, find_chosen, sample_token_logp
 
     reference = model if reference is None else reference
@@ -251,7 +253,7 @@ def build_data(model, tok, rules: PhraseSet, prompts: list[str], *, n_samples: i
     examples = find_chosen(model, tok, rules, found, top_k=top_k, min_prob=min_prob, max_chosen=max_chosen,
                            lookahead=lookahead, batch_size=batch_size * 2, progress=progress,
                            reference=reference if keep_tether else None)
-    clean = [g for g in gens if not spans[id(g)] and g.gen_ids]
+    clean = [g for g in gens if not spans[id(g)] and g.gen_ids] if with_retain else []
     retain = build_retain(reference, tok, clean, per_gen=retain_per_gen, top=retain_top, rng=rng, progress=progress,
                           batch_size=max(1, batch_size // 2))
     val = split_prompts(len(prompts), val_fraction, seed)

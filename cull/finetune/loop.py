@@ -6,7 +6,8 @@ samples and (with `val_samples`) the phrase hits in fresh samples of the validat
 keeps the best checkpoint so far (fewest hits within the perplexity budget, then highest win rate)
 and stops when the win rate reaches `stop_win` with no validation hits, when the perplexity rise
 passes twice the budget, or after `patience` checks with no better checkpoint. The best checkpoint's
-weights are restored at the end of the round.
+weights are restored at the end of the round. With several processes (accelerate launch) the checks
+are off: a stop decided on one process would leave the others waiting in their all-reduce.
 """
 from __future__ import annotations
 
@@ -99,7 +100,7 @@ class _Loop:
                 acc.save_state(str(self.out / "checkpoints" / f"step-{step + 1}"))
                 if acc.is_main_process:
                     (self.out / "loss_log.json").write_text(json.dumps(log))
-            if cfg.eval_every and ((step + 1) % cfg.eval_every == 0 or step + 1 == cfg.steps) and acc.is_main_process:
+            if cfg.eval_every and ((step + 1) % cfg.eval_every == 0 or step + 1 == cfg.steps) and acc.num_processes == 1:
                 v = {"step": step + 1, **self.validate(data, rules, val_prompts)}
                 checks.append(v)
                 self.say(f"Validation at step {step + 1}: {json.dumps({k: round(x, 4) if isinstance(x, float) else x for k, x in v.items()})}")

@@ -230,7 +230,9 @@ def finetune(model, tok, rules, prompts, out_dir, cfg: FinetuneConfig | None = N
     log = json.loads((out / "loss_log.json").read_text()) if ck is not None and (out / "loss_log.json").is_file() else []
     loop = _Loop(acc, model, opt, params, tok, pad, cfg, lr, out, say, progress)
     val_prompts = [prompts[i] for i in data.stats.get("val_prompts", [])] or list(prompts)
-    base_val = loop.validate(data, rules, val_prompts) if acc.is_main_process else {}
+    # validation and early stopping run with one process (a stop on one process alone would leave
+    # the others waiting in their gradient all-reduce)
+    base_val = loop.validate(data, rules, val_prompts) if acc.num_processes == 1 and cfg.eval_every else {}
     loop.base_nll = base_val.get("nll", float("nan"))
     say(f"Validation before training: {_fmt(base_val)}")
     rounds = []
@@ -269,13 +271,13 @@ def _fmt(v: dict) -> str:
     return ", ".join(f"{k} {x:.4g}" if isinstance(x, float) else f"{k} {x}" for k, x in v.items()) or "(nothing to check)"
 
 
-def _build(model, tok, rules, prompts, cfg, progress, reference, gens=None):
+def _build(model, tok, rules, prompts, cfg, progress, reference, gens=None, with_retain=True):
     return build_data(model, tok, rules, prompts, n_samples=cfg.n_samples, temperature=cfg.temperature,
                       max_new_tokens=cfg.max_new_tokens, seed=cfg.seed, top_k=cfg.top_k,
                       max_per_pair=cfg.max_per_pair, retain_per_gen=cfg.retain_per_gen,
                       batch_size=cfg.gen_batch_size, chat=cfg.chat, progress=progress,
                       max_examples=cfg.max_examples, reference=reference, commit_prob=cfg.commit_prob,
-                      val_fraction=cfg.val_fraction, gens=gens)
+                      val_fraction=cfg.val_fraction, gens=gens, with_retain=with_retain)
 
 
 def _next_round_data(model, tok, rules, prompts, cfg, progress, reference, rnd, say):
@@ -300,7 +302,7 @@ def _next_round_data(model, tok, rules, prompts, cfg, progress, reference, rnd, 
     rules2 = PhraseSet(list(rules) + list(PhraseSet(added))) if added else rules
     say(f"Round {rnd + 1}: newly over-used phrases added: {', '.join(added) or 'none'}")
     try:
-        extra = _build(model, tok, rules2, prompts, cfg, progress, reference=reference, gens=gens)
+        extra = _build(model, tok, rules2, prompts, cfg, progress, reference=reference, gens=gens, with_retain=False)
     except CullError:
         say(f"Round {rnd + 1}: the tuned model wrote none of the phrases in its samples; stopping the rounds")
         return None
