@@ -3,8 +3,9 @@ the validation checks (see `steps.validate` and `steps.checkpoint_score`).
 
 Every `eval_every` steps the loop measures the held-out win rate, the held-out perplexity of clean
 samples and (with `val_samples`) the phrase hits in fresh samples of the validation prompts. It
-keeps the best checkpoint so far (fewest hits within the perplexity budget, then highest win rate)
-and stops when the win rate reaches `stop_win` with no validation hits, when the perplexity rise
+keeps the best checkpoint so far (fewest hits within the perplexity budget, then lowest held-out
+p(rejected), then highest win rate) and stops when the win rate reaches `stop_win` and the mean
+held-out p(rejected) is at most `stop_p_rejected` with no validation hits, when the perplexity rise
 passes twice the budget, or after `patience` checks with no better checkpoint. The best checkpoint's
 weights are restored at the end of the round. With several processes (accelerate launch) the checks
 are off: a stop decided on one process would leave the others waiting in their all-reduce.
@@ -110,7 +111,8 @@ class _Loop:
                     v["best"] = True
                 else:
                     stale += 1
-                if (v.get("win_rate", 0) >= cfg.stop_win and v.get("hits", 0) == 0 and score[0] == 0) \
+                if (v.get("win_rate", 0) >= cfg.stop_win and v.get("p_rejected", 0) <= cfg.stop_p_rejected
+                        and v.get("hits", 0) == 0 and score[0] == 0) \
                         or v.get("ppl_rise", 0) > 2 * cfg.max_ppl_rise or stale >= cfg.patience:
                     stopped = step + 1
                     self.say(f"Early stop at step {step + 1}")

@@ -165,9 +165,9 @@ def validate(model, tok, examples, retain, pad, device, *, rules=None, prompts=N
 
 def checkpoint_score(v: dict, base_nll: float, max_ppl_rise: float) -> tuple:
     """Order of preference between validation checks (smaller is better): within the perplexity
-    budget, fewest hits, then highest win rate, then smallest perplexity rise; outside it, the
-    smallest rise."""
+    budget, fewest hits, then lowest held-out p(rejected), then highest win rate, then smallest
+    perplexity rise; outside it, the smallest rise."""
     rise = math.exp(v.get("nll", base_nll) - base_nll) - 1 if math.isfinite(base_nll) else 0.0
     if rise > max_ppl_rise:
         return (1, rise)
-    return (0, v.get("hits", 0), -v.get("win_rate", 0.0), rise)
+    return (0, v.get("hits", 0), round(v.get("p_rejected", 0.0), 4), -v.get("win_rate", 0.0), rise)

@@ -52,7 +52,8 @@ class FinetuneConfig:
     val_fraction: float = 0.15  # share of the prompts held out for validation
     val_samples: int = 1  # samples per validation prompt checked for hits (0: none)
     max_ppl_rise: float = 0.01  # perplexity budget on held-out clean samples
-    stop_win: float = 0.95  # stop once held-out win rate reaches this with no validation hits
+    stop_win: float = 0.95  # stop once held-out win rate reaches this ...
+    stop_p_rejected: float = 0.02  # ... and the mean held-out p(rejected) is this low, with no validation hits
     patience: int = 4  # checks without a better checkpoint before stopping
     # rounds on policy
     rounds: int = 1
