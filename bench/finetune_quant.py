@@ -6,7 +6,7 @@ signed value of largest magnitude / -8), values round(x / d) clamped to [-8, 7].
 models are then evaluated like the benchmark does, the tuned one against the rounded base. This is
 a simulation in torch, not llama.cpp's file format; K-quants (Q4_K_M) keep more precision.
 
-    python -m bench.finetune_quant --model FT_DIR --base BASE --phrases ...   # any pair
+    python -m bench.finetune_quant --model FT_DIR --phrase-file phrases.txt   # against SmolLM2 (--base BASE)
     python -m bench.finetune_quant --quick                                    # stories260K, seconds
 """
 from __future__ import annotations
@@ -103,6 +103,7 @@ def main(argv=None):
     p.add_argument("--model", help="the fine-tuned model folder")
     p.add_argument("--base", default=None, help="the base model (default: SmolLM2)")
     p.add_argument("--phrases", nargs="*", default=None)
+    p.add_argument("--phrase-file", default=None, help="a phrase file (what `cull discover --out` wrote)")
     p.add_argument("--prompts", default="heldout")
     p.add_argument("--n-samples", type=int, default=8)
     p.add_argument("--max-new-tokens", type=int, default=128)
@@ -128,6 +129,10 @@ def main(argv=None):
                  args.phrases, [""], args.model, FinetuneConfig(steps=20, lr=5e-3, n_samples=32, max_new_tokens=16,
                                                                 checkpoint_every=0, eval_every=10, val_samples=16),
                  progress=False, say=lambda m: None)
+    if args.phrase_file:
+        import cull
+
+        args.phrases = (args.phrases or []) + [r.text for r in cull.PhraseSet.load(args.phrase_file)]
     if not args.model or not args.phrases:
         p.error("--model and --phrases are needed (or --quick)")
     return run(args)
