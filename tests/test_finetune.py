@@ -262,6 +262,22 @@ def test_decision_point_moves_past_function_words_and_word_pieces(stories):
     assert decision_token(gen, tok, first, last, m, logp, commit_prob=0.5) == last
 
 
+def test_sample_token_logp_equals_unpadded_forwards(stories):
+    from cull.evaluate import Generation
+    from cull.finetune.examples import sample_token_logp
+
+    _, model, tok = stories
+    gens = [Generation(0, [1], [300, 301, 302, 50], "x"), Generation(0, [1, 40, 41], [7, 8], "y")]
+    got = sample_token_logp(model, tok, gens, batch_size=2, progress=False)
+    for g in gens:
+        ids = torch.tensor([g.prompt_ids + g.gen_ids])
+        with torch.no_grad():
+            lp = torch.log_softmax(model(ids).logits[0].float(), -1)
+        n = len(g.prompt_ids)
+        want = [lp[n + i - 1, t].item() for i, t in enumerate(g.gen_ids)]
+        assert got[id(g)] == pytest.approx(want, abs=1e-4)
+
+
 def test_data_round_trip_keeps_arrays(tmp_path):
     import numpy as np
 

@@ -23,11 +23,12 @@ def sample_token_logp(model, tok, gens, *, batch_size: int = 16, progress: bool 
         chunk = gens[b:b + batch_size]
         ids, mask = _right_pad([g.prompt_ids + g.gen_ids for g in chunk], pad_id(tok))
         with torch.inference_mode():
-            logp = torch.log_softmax(model(ids.to(device), attention_mask=mask.to(device)).logits.float(), -1)
-        for i, g in enumerate(chunk):
-            n = len(g.prompt_ids)
-            pos = torch.arange(n, n + len(g.gen_ids), device=device)
-            out[id(g)] = logp[i, pos - 1, ids[i, pos].to(device)].tolist()
+            logits = model(ids.to(device), attention_mask=mask.to(device)).logits
+            for i, g in enumerate(chunk):  # one row's log-softmax at a time: [B, T, V] in float32 is large
+                n = len(g.prompt_ids)
+                pos = torch.arange(n, n + len(g.gen_ids), device=device)
+                logp = torch.log_softmax(logits[i, pos - 1].float(), -1)
+                out[id(g)] = logp.gather(-1, ids[i, pos].to(device)[:, None])[:, 0].tolist()
     return out
 
 
