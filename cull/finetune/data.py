@@ -257,6 +257,8 @@ def build_data(model, tok, rules: PhraseSet, prompts: list[str], *, n_samples: i
     retain = build_retain(reference, tok, clean, per_gen=retain_per_gen, top=retain_top, rng=rng, progress=progress,
                           batch_size=max(1, batch_size // 2))
     val = split_prompts(len(prompts), val_fraction, seed)
+    if val and all(e.prompt_index in val for e in examples):  # few prompts: keep every example for training
+        val = set()
     stats = {"generations": len(gens), "hits": sum(hit_counts.values()), "hits_per_phrase": dict(hit_counts),
              "examples": len(examples), "examples_with_chosen": sum(1 for e in examples if e.chosen),
              "decision_points_moved": moved,
