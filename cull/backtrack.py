@@ -78,7 +78,8 @@ def generate_backtracking(model, tokenizer, prompt_ids, rules, *, max_new_tokens
         raise CullError(f"temperature must be > 0 when sampling, got {temperature}")
     vocab = as_vocab(tokenizer, vocab_size or model.get_output_embeddings().weight.shape[0])
     phrases = PhraseSet(rules.phrase_rules, whole_words=rules.options.whole_words,
-                        ignore_case=rules.options.ignore_case, fold_quotes=rules.options.fold_quotes)
+                        ignore_case=rules.options.ignore_case, fold_quotes=rules.options.fold_quotes,
+                        ignore_accents=rules.options.ignore_accents)
     matcher = compile_rules(phrases, vocab) if phrases.rules else None  # for the hold-back point
     eos = set(_eos_ids(tokenizer, model))
     gen = torch.Generator().manual_seed(seed)
@@ -192,7 +193,7 @@ def _safe_point(text: _Text, states, rules: PhraseSet) -> int:
         n = max(0, n - REGEX_HOLD)
     safe = 0
     for i in range(len(states) - 1, -1, -1):
-        if states[i][0] == 0:
+        if states[i][0] == 0 and states[i][1] < 3:  # at the root, and not inside a split character
             safe = text.ends[i]
             break
     if not rules.phrase_rules:

@@ -39,17 +39,17 @@ def _progress_printer(enabled: bool):
         return lambda msg: print(f"[cull compile] {msg}", file=sys.stderr)
 
 
-_KEYS: dict[tuple[str, bool], TokenKeys] = {}
+_KEYS: dict[tuple[str, int], TokenKeys] = {}
 
 
 def _token_keys(vocab: TokenVocab, rules: PhraseSet) -> TokenKeys:
     """The vocabulary's sorted token keys, kept for the last two vocabularies: they cost most of a
     small list's compile time and depend only on the vocabulary."""
-    key = (vocab.fingerprint(), rules.options.ignore_case)
+    key = (vocab.fingerprint(), rules.options.fold())
     if key not in _KEYS:
         while len(_KEYS) >= 2:
             _KEYS.pop(next(iter(_KEYS)))
-        _KEYS[key] = TokenKeys(vocab.token_bytes, rules.options.ignore_case)
+        _KEYS[key] = TokenKeys(vocab.token_bytes, rules.options.fold())
     return _KEYS[key]
 
 
@@ -95,7 +95,7 @@ def compile_rules(
             "n_tokens": len(vocab.token_bytes), "compile_s": time.perf_counter() - t0,
             "perm_off": [int(x) for x in tables["perm_off"]],
             "timings": tables["timings"], "from_cache": False, "fingerprint": fingerprint}
-    matcher = CompiledMatcher(tables, vocab.token_bytes, mode="text", fold_case=rules.options.ignore_case,
+    matcher = CompiledMatcher(tables, vocab.token_bytes, mode="text", fold=rules.options.fold(),
                               meta=meta)
     if cache:
         try:

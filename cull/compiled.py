@@ -1,8 +1,10 @@
 """CompiledMatcher: the compiled tables, the per-row state machine, and the on-disk cache.
 
-A row's state is (node, cls): its trie node and the class of its last character. Text-mode
-matchers step a token's bytes through the transducer and the automaton; token-mode matchers
-(HF `bad_words_ids` style) step the token id itself.
+A row's state is (node, cls): its trie node and the transducer state (the class of its last
+character, plus the bytes of a character split across tokens: cull/normalize.py packs both in one
+int, and states >= 3 are handled by cull/pending.py). Text-mode matchers step a token's bytes
+through the transducer and the automaton; token-mode matchers (HF `bad_words_ids` style) step the
+token id itself.
 """
 from __future__ import annotations
 
@@ -17,9 +19,9 @@ from pathlib import Path
 import numpy as np
 
 from .errors import CullError
-from .normalize import OTHER, transduce
+from .normalize import DEFAULT_FOLD, OTHER, transduce
 
-FORMAT_VERSION = 2
+FORMAT_VERSION = 3
 ARRAYS = ("perm", "rng_ptr", "rng_lo", "rng_hi", "rng_delta", "has_rng", "out_next", "alw_ptr",
           "alw_tok", "alw_delta", "fail", "node_cls", "node_out", "goto_key", "goto_val")
 
@@ -27,12 +29,12 @@ ARRAYS = ("perm", "rng_ptr", "rng_lo", "rng_hi", "rng_delta", "has_rng", "out_ne
 class CompiledMatcher:
     """Tables for one (rules, vocabulary) pair. Build with `cull.compile_rules`."""
 
-    def __init__(self, tables: dict, token_bytes, *, mode: str = "text", fold_case: bool = True,
+    def __init__(self, tables: dict, token_bytes, *, mode: str = "text", fold: int = DEFAULT_FOLD,
                  radix: int = 256, meta: dict | None = None):
         self.tables = {k: tables[k] for k in ARRAYS}
         self.token_bytes = token_bytes
         self.mode = mode
-        self.fold_case = fold_case
+        self.fold = fold
         self.radix = radix
         self.meta = dict(meta or {})
         self.n_tokens = len(token_bytes) if token_bytes is not None else int(self.meta.get("n_tokens", 0))
@@ -77,7 +79,7 @@ class CompiledMatcher:
         hit = self._sym_cache.get(key)
         if hit is None:
             raw = self.token_bytes[token]
-            hit = transduce(raw, cls, fold_case=self.fold_case) if raw else (b"", cls)
+            hit = transduce(raw, cls, self.fold) if raw else (b"", cls)
             if len(self._sym_cache) < 1_000_000:
                 self._sym_cache[key] = hit
         for s in hit[0]:
@@ -102,6 +104,10 @@ class CompiledMatcher:
     def banned(self, state) -> dict[int, float]:
         """{token: delta} for every token that would complete a match from `state`."""
         node, cls = state
+        if cls >= 3:  # inside a character split across tokens
+            from .pending import banned_from_pending
+
+            return banned_from_pending(self, state)
         T = self.tables
         out: dict[int, float] = {}
         a, b = int(T["alw_ptr"][cls]), int(T["alw_ptr"][cls + 1])
@@ -147,7 +153,20 @@ class CompiledMatcher:
             self._device_tables[key]["np"] = np_tables
             self._device_tables[key]["max_chain"] = self.max_chain
             self._device_tables[key]["all_ban"] = self.all_ban
+            if self.mode == "text":
+                from .pending import PendingRows
+
+                self._device_tables[key]["pending"] = PendingRows(self, device)
         return self._device_tables[key]
+
+    @property
+    def pending_possible(self) -> bool:
+        """Whether a row can stop inside a character (some token ends with an unfinished one)."""
+        if "_pending_possible" not in self.__dict__:
+            from .pending import vocab_can_split_chars
+
+            self._pending_possible = self.mode == "text" and vocab_can_split_chars(self.token_bytes)
+        return self._pending_possible
 
     def _max_always(self) -> int:
         """Length of the longest per-class always-list."""
@@ -180,7 +199,7 @@ class CompiledMatcher:
         }
 
     def save(self, path) -> None:
-        meta = json.dumps({**self.meta, "mode": self.mode, "fold_case": self.fold_case, "radix": self.radix,
+        meta = json.dumps({**self.meta, "mode": self.mode, "fold": self.fold, "radix": self.radix,
                            "format": FORMAT_VERSION, "max_chain": self.max_chain, "all_ban": self.all_ban})
         path = Path(path)
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -195,7 +214,7 @@ class CompiledMatcher:
                 meta = json.loads(bytes(z["meta"]).decode())
                 if meta.get("format") != FORMAT_VERSION:
                     raise CullError(f"{path}: compiled with format {meta.get('format')}, expected {FORMAT_VERSION}")
-                missing = {"mode", "fold_case", "radix", "max_chain", "all_ban"} - set(meta)
+                missing = {"mode", "fold", "radix", "max_chain", "all_ban"} - set(meta)
                 if meta.get("mode") == "text":
                     missing |= {"perm_off"} - set(meta)
                 if missing:
@@ -205,7 +224,7 @@ class CompiledMatcher:
             raise
         except Exception as exc:  # BadZipFile, EOFError, zlib errors...: whatever a damaged file raises
             raise CullError(f"cannot read compiled tables {str(path)!r}: {exc}. Delete the file to recompile") from None
-        return cls(tables, token_bytes, mode=meta["mode"], fold_case=meta["fold_case"], radix=meta["radix"],
+        return cls(tables, token_bytes, mode=meta["mode"], fold=meta["fold"], radix=meta["radix"],
                    meta=meta)
 
 

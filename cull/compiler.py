@@ -15,7 +15,7 @@ import time
 import numpy as np
 
 from .automaton import Automaton
-from .normalize import BOUNDARY, BYTE_CLASS, CONT, OTHER, class_after_symbols
+from .normalize import BOUNDARY, OTHER, symbols_class
 from .patterns import compile_patterns
 from .rules import PhraseSet
 from .token_keys import CLASSES, TokenKeys, prefix_ranges
@@ -26,16 +26,21 @@ SUFFIX_WIDTH = 24  # longer patterns are checked against the few long tokens dir
 
 
 def _node_classes(A: Automaton) -> np.ndarray:
-    """Class state after each node's symbols (root: -1, it can be in any class)."""
-    byte_cls = np.asarray(BYTE_CLASS, dtype=np.int8)
+    """Class state after each node's symbols (root: -1, it can be in any class). A node that ends
+    inside a character (where no state ever rests) gets the class of its last whole character."""
     cls = np.full(len(A), -1, dtype=np.int8)
     for i in range(1, len(A)):
         s = A.nodes[i]
-        c = byte_cls[s[-1]]
-        if c == CONT or s[-1] == BOUNDARY:  # inherit from the parent (a node never starts mid-char)
+        last = s[-1]
+        if last == BOUNDARY or last >= 0x80:  # inherit, or look at the last whole character
             parent = A.ids[s[:-1]]
-            c = class_after_symbols(s[-1:], OTHER if parent == 0 else int(cls[parent]))
-        cls[i] = c
+            before = OTHER if parent == 0 else int(cls[parent])
+            k = len(s) - 1
+            while k > 0 and s[k] & 0xC0 == 0x80:
+                k -= 1
+            cls[i] = before if last == BOUNDARY else symbols_class(s[k:], before)
+        else:
+            cls[i] = symbols_class(s[-1:])
     return cls
 
 
@@ -65,6 +70,7 @@ def _chain_ranges(A, K, patterns, node_cls):
     split = j - starts[owner]  # the node is the pattern's first `split` symbols
     ok = split >= 1
     ok[ok] &= buf[j[ok] - 1] != BOUNDARY  # a state never rests right after a boundary symbol
+    ok &= (buf & 0xC0) != 0x80  # nor inside a character (rows inside a raw one are in cull/pending.py)
     j, own = j[ok], owner[ok]
     node = path[j - 1]
     rest0 = j + (buf[j] == BOUNDARY)
@@ -177,7 +183,7 @@ def _always(K: TokenKeys, patterns, n_tokens):
 def _occurrences(s: bytes, sub: bytes):
     i = s.find(sub)
     while i != -1:
-        if BYTE_CLASS[s[i]] != CONT or s[i] == BOUNDARY:
+        if s[i] & 0xC0 != 0x80:
             yield i
         i = s.find(sub, i + 1)
 
@@ -197,7 +203,7 @@ def build_tables(rules: PhraseSet, token_bytes, special_ids=(), keys: TokenKeys 
     timings["automaton_s"] = time.perf_counter() - t0
     if keys is None:
         say(f"sorting {len(token_bytes):,} token keys")
-        keys = TokenKeys(token_bytes, rules.options.ignore_case)
+        keys = TokenKeys(token_bytes, rules.options.fold())
     timings["token_keys_s"] = time.perf_counter() - t0
     say("finding chain ranges")
     nodes, lo, hi, deltas, classes = _chain_ranges(A, keys, patterns, node_cls)

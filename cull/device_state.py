@@ -4,6 +4,11 @@ In an ordinary step the processor finds, for every row, the row of the previous 
 a 64-bit polynomial hash of the row's tokens, so beam reordering needs no bookkeeping), then a Triton
 kernel advances the states through the new token. Other calls fall back to the host (see
 `DeviceRowStates`), where states are found by content.
+
+The device state is the class of the last character only: it cannot hold the bytes of a character
+split across tokens (cull/pending.py), so the processor uses it only for vocabularies where no token
+ends inside a character (`CompiledMatcher.pending_possible` is False) and keeps real byte-level
+vocabularies on the exact host path.
 """
 from __future__ import annotations
 
@@ -34,7 +39,7 @@ def step_tables(matcher) -> dict:
         total = 0
         for c in range(3):
             for t, raw in enumerate(matcher.token_bytes):
-                s, after = transduce(raw, c, fold_case=matcher.fold_case) if raw else (b"", c)
+                s, after = transduce(raw, c, matcher.fold) if raw else (b"", c)
                 parts.append(s)
                 total += len(s)
                 offs[c, t + 1] = total

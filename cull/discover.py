@@ -127,3 +127,14 @@ def run_discover(args) -> int:
     if args.out:
         print(f"Wrote {len(res['known'])} phrases to {args.out}")
     return 0
+
+
+def newly_overused(texts: list[str], base_texts: list[str], candidates: PhraseSet, *, min_count: int = 3,
+                   ratio: float = 2.0) -> list[str]:
+    """Known-slop candidates a tuned model writes at least `min_count` times and more than `ratio`
+    times as often as the base did on the same prompts (add-one smoothed): the substitutes that
+    take over once the listed phrases are gone. Most over-used first."""
+    tuned, base = count_candidates(texts, candidates), count_candidates(base_texts, candidates)
+    scale = max(len(base_texts), 1) / max(len(texts), 1)
+    rows = [(p, c) for p, c in tuned.items() if c >= min_count and (c * scale + 1) / (base.get(p, 0) + 1) > ratio]
+    return [p for p, _ in sorted(rows, key=lambda pc: (-pc[1], pc[0]))]

@@ -1,15 +1,20 @@
 """`cull eval`: the measuring stick. How often a model writes the phrases, and what else changed.
 
-`evaluate()` samples a model on prompts (temperature 0.8, plus one greedy reply per prompt) with no
-processor unless one is given, and reports:
+`evaluate()` samples a model on prompts (8 samples at temperature 0.8 and one greedy reply per
+prompt) with no processor unless one is given, and reports:
 
-- phrase hits per 1,000 words and per generation, with bootstrap 95% confidence intervals, and the
-  hits per phrase;
-- perplexity on clean held-out text (`clean_texts`: plain strings, or {"prompt", "text"} replies
-  scored given their prompt);
-- with a `reference_model` (the base model): the mean per-token KL(model || reference) on the
-  model's own generated tokens, the reference's hits on the same prompts (the "before"), and the word
-  n-grams the model writes much more often than the reference (new tics);
+- phrase hits per 1,000 words and per generation with 95% confidence intervals from a bootstrap over
+  prompts (a prompt's samples move together), and the hits per phrase;
+- perplexity with CIs on clean text (`clean_texts`: plain strings, or {"prompt", "text"} replies
+  scored given their prompt) and on human-written English (`human_texts`, e.g.
+  `cull.human_text.human_corpus()`);
+- the share of generations that loop (a word 4-gram said three times or more);
+- with a reference (the base model, always run without the processor): its hits on the same prompts
+  (the "before"), the reduction paired by prompt with its CI, the perplexity change on the
+  reference's own hit-free replies and on human text (paired CIs), the looping rate against the
+  reference and against the noise floor between two halves of the reference's own samples, the
+  mean per-token KL(model || reference), and the word n-grams the model writes much more often
+  (new tics);
 - distinct-1 and distinct-2.
 
 `write_report()` writes it as JSON, a markdown table and a PNG bar plot (hits per phrase, before
@@ -18,15 +23,19 @@ and after).
 from __future__ import annotations
 
 import json
-import math
 from dataclasses import dataclass
 from pathlib import Path
 
 from .errors import CullError, require
+# the metrics, reports and text statistics live in their own modules; re-exported here, where
+# `cull eval` users look for them
+from .eval_metrics import (_batches, _right_pad, mean_kl, perplexity, perplexity_change,  # noqa: F401
+                           sequence_nll)
+from .eval_report import markdown, plot_per_phrase, public, write_report  # noqa: F401
+from .find import find
 from .rules import as_phrase_set
-# the text statistics live in text_stats; re-exported here, where `cull eval` users look for them
-from .text_stats import (bootstrap_ci, distinct_n, hit_stats, new_in_top, ngram_counts,  # noqa: F401
-                         over_represented, words)
+from .text_stats import (bootstrap_ci, compare_hits, distinct_n, hit_stats, loop_stats, loops,  # noqa: F401
+                         new_in_top, ngram_counts, over_represented, words)
 
 PROMPTS_DIR = Path(__file__).resolve().parent / "data" / "prompts"
 
@@ -183,206 +192,104 @@ class BanCounter:
         return scores
 
 
-def _batches(items, size):
-    for i in range(0, len(items), size):
-        yield items[i:i + size]
+def _measure(model, tok, rules, prompts, gens, *, seed, chat, progress, clean_texts, human_texts,
+             own_clean_replies, batch_size) -> dict:
+    """Everything that needs only one model: hit statistics, loops, distinct-n, perplexities."""
+    sampled = [g for g in gens if not g.greedy]
+    res = {"sampled": hit_stats(sampled, rules, seed)}
+    if any(g.greedy for g in gens):
+        res["greedy"] = hit_stats([g for g in gens if g.greedy], rules, seed)
+    texts = [g.text for g in sampled]
+    res["distinct_1"], res["distinct_2"] = distinct_n(texts, 1), distinct_n(texts, 2)
+    res["mean_tokens"] = sum(len(g.gen_ids) for g in sampled) / max(len(sampled), 1)
+    res["loops"] = loop_stats(sampled, seed=seed)
+    res["_clean_replies"] = [{"prompt": prompts[g.prompt_index], "text": g.text} for g in sampled
+                             if g.text.strip() and not find(g.text, rules)]
+    ppl = dict(batch_size=max(1, batch_size // 2), chat=chat, progress=progress, seed=seed)
+    if model is not None:
+        if clean_texts:
+            res["clean"] = perplexity(model, tok, clean_texts, **ppl)
+        if human_texts:
+            res["human"] = perplexity(model, tok, human_texts, **ppl)
+        if own_clean_replies and res["_clean_replies"]:
+            res["clean_replies"] = perplexity(model, tok, res["_clean_replies"], **ppl)
+    return res
 
 
-def _right_pad(rows, pad):
-    import torch
-
-    width = max(len(r) for r in rows)
-    ids = torch.full((len(rows), width), pad, dtype=torch.long)
-    mask = torch.zeros((len(rows), width), dtype=torch.long)
-    for i, r in enumerate(rows):
-        ids[i, :len(r)] = torch.tensor(r, dtype=torch.long)
-        mask[i, :len(r)] = 1
-    return ids, mask
-
-
-def perplexity(model, tok, texts, *, batch_size: int = 8, chat: bool | None = None, progress: bool = True) -> dict:
-    """exp(mean NLL per token). A plain string is scored whole (after BOS); a {"prompt", "text"} item
-    scores the text's tokens given the prompt."""
-    torch = require("torch", "hf")
-    from tqdm.auto import tqdm
-
-    seqs = []  # (ids, index where scoring starts)
-    for t in texts:
-        if isinstance(t, dict):
-            p = prompt_ids(tok, t["prompt"], chat)
-            seqs.append((p + tok(t["text"], add_special_tokens=False)["input_ids"], len(p)))
-        else:
-            ids = tok(t, add_special_tokens=True)["input_ids"]
-            if not ids or ids[0] != tok.bos_token_id and tok.bos_token_id is not None:
-                ids = [tok.bos_token_id] + ids
-            seqs.append((ids, 1))
-    nll, count = 0.0, 0
-    device = next(model.parameters()).device
-    for chunk in tqdm(list(_batches(seqs, batch_size)), desc="perplexity", disable=not progress, leave=False):
-        ids, mask = _right_pad([s[0] for s in chunk], pad_id(tok))
-        with torch.inference_mode():
-            logp = torch.log_softmax(model(ids.to(device), attention_mask=mask.to(device)).logits.float(), -1)
-        for i, (s, start) in enumerate(chunk):
-            pos = torch.arange(max(start, 1), len(s), device=device)
-            nll -= logp[i, pos - 1, ids[i, pos].to(device)].sum().item()
-            count += len(pos)
-    return {"perplexity": math.exp(nll / count) if count else float("nan"), "tokens": count}
-
-
-def mean_kl(model, reference, gens: list[Generation], *, pad: int = 0, batch_size: int = 4,
-            progress: bool = True) -> float:
-    """Mean over generated tokens of KL(model || reference) at each position."""
-    torch = require("torch", "hf")
-    from tqdm.auto import tqdm
-
-    total, count = 0.0, 0
-    gens = [g for g in gens if g.gen_ids]
-    device = next(model.parameters()).device
-    for chunk in tqdm(list(_batches(gens, batch_size)), desc="KL", disable=not progress, leave=False):
-        ids, mask = _right_pad([g.prompt_ids + g.gen_ids for g in chunk], pad)
-        ids, mask = ids.to(device), mask.to(device)
-        with torch.inference_mode():
-            lp = torch.log_softmax(model(ids, attention_mask=mask).logits.float(), -1)
-            lq = torch.log_softmax(reference(ids, attention_mask=mask).logits.float(), -1)
-            for i, g in enumerate(chunk):
-                a, b = len(g.prompt_ids) - 1, len(g.prompt_ids) + len(g.gen_ids) - 1
-                p, q = lp[i, a:b], lq[i, a:b]
-                total += (p.exp() * (p - q)).sum().item()
-                count += b - a
-    return total / count if count else float("nan")
-
-
-def evaluate(model, tokenizer, rules, prompts: list[str], n_samples: int = 4, temperature: float = 0.8,
+def evaluate(model, tokenizer, rules, prompts: list[str], n_samples: int = 8, temperature: float = 0.8,
              greedy: bool = True, max_new_tokens: int = 128, seed: int = 0, processor=None,
-             reference_model=None, clean_texts=None, *, reference_gens=None, batch_size: int = 16,
-             chat: bool | None = None, progress: bool = True, out=None, name: str = "model") -> dict:
+             reference_model=None, clean_texts=None, *, reference_gens=None, reference_result=None,
+             human_texts=None, batch_size: int = 16, chat: bool | None = None, progress: bool = True,
+             out=None, name: str = "model") -> dict:
     """Evaluate `model` on `prompts`; see the module docstring. Returns a JSON-ready dict; with `out`
-    (a path prefix) also writes out.json, out.md and out.png. The generations are kept under the
-    private key "_gens" (used to reuse the reference's samples); it is not written."""
+    (a path prefix) also writes out.json, out.md and out.png.
+
+    The reference (the base model) is always measured as it is, without `processor`: with a
+    processor, "before" is the base model's own rate. Pass `reference_result` (an earlier
+    `evaluate()` of the reference on the same prompts and settings) to reuse its samples and
+    perplexities, e.g. when comparing many fine-tunes with one base. The generations are kept under
+    the private key "_gens"; private keys are not written."""
     rules = as_phrase_set(rules)
     model.eval()
     res = {"name": name, "phrases": len(rules), "prompts": len(prompts), "n_samples": n_samples,
            "temperature": temperature, "max_new_tokens": max_new_tokens, "seed": seed,
            "processor": processor is not None}
 
-    def run(m, tag):
+    def run(m, tag, proc):
         gens = generate(m, tokenizer, prompts, n_samples=n_samples, temperature=temperature,
-                        max_new_tokens=max_new_tokens, seed=seed, processor=processor, batch_size=batch_size,
+                        max_new_tokens=max_new_tokens, seed=seed, processor=proc, batch_size=batch_size,
                         chat=chat, progress=progress, desc=f"{tag}: sampling")
         if greedy:
             gens += generate(m, tokenizer, prompts, do_sample=False, max_new_tokens=max_new_tokens, seed=seed,
-                             processor=processor, batch_size=batch_size, chat=chat, progress=progress,
+                             processor=proc, batch_size=batch_size, chat=chat, progress=progress,
                              desc=f"{tag}: greedy")
         return gens
 
-    gens = run(model, name)
-    sampled = [g for g in gens if not g.greedy]
-    res["sampled"] = hit_stats(sampled, rules, seed)
-    if greedy:
-        res["greedy"] = hit_stats([g for g in gens if g.greedy], rules, seed)
-    texts = [g.text for g in sampled]
-    res["distinct_1"], res["distinct_2"] = distinct_n(texts, 1), distinct_n(texts, 2)
-    res["mean_tokens"] = sum(len(g.gen_ids) for g in sampled) / max(len(sampled), 1)
-    if clean_texts:
-        res["clean"] = perplexity(model, tokenizer, clean_texts, chat=chat, progress=progress)
-    if reference_model is not None or reference_gens is not None:
-        if reference_gens is None:
-            reference_gens = run(reference_model, "reference")
-        ref_sampled = [g for g in reference_gens if not g.greedy]
-        ref = {"sampled": hit_stats(ref_sampled, rules, seed),
-               "distinct_1": distinct_n([g.text for g in ref_sampled], 1),
-               "distinct_2": distinct_n([g.text for g in ref_sampled], 2)}
-        if greedy and any(g.greedy for g in reference_gens):
-            ref["greedy"] = hit_stats([g for g in reference_gens if g.greedy], rules, seed)
-        if clean_texts and reference_model is not None:
-            ref["clean"] = perplexity(reference_model, tokenizer, clean_texts, chat=chat, progress=progress)
-        res["reference"] = ref
-        res["over_represented"] = over_represented(texts, [g.text for g in ref_sampled])
-        res["new_in_top20"] = new_in_top(texts, [g.text for g in ref_sampled])
+    have_ref = reference_model is not None or reference_gens is not None or reference_result is not None
+    common = dict(seed=seed, chat=chat, progress=progress, clean_texts=clean_texts, human_texts=human_texts,
+                  batch_size=batch_size)
+    gens = run(model, name, processor)
+    res.update(_measure(model, tokenizer, rules, prompts, gens, own_clean_replies=not have_ref, **common))
+    counter = processor if isinstance(processor, BanCounter) else None
+    if counter is not None:
+        ntok = sum(len(g.gen_ids) for g in gens)
+        res["processor_events"] = {"ban_events": counter.events, "tokens": ntok,
+                                   "ban_events_per_1k_tokens": 1000 * counter.events / max(ntok, 1),
+                                   "banned_mass_per_1k_tokens": 1000 * counter.removed_mass / max(ntok, 1)}
+    if have_ref:
+        ref = reference_result
+        if ref is None:
+            ref_gens = reference_gens if reference_gens is not None else run(reference_model, "reference", None)
+            ref = {"_gens": ref_gens, **_measure(reference_model, tokenizer, rules, prompts, ref_gens,
+                                                 own_clean_replies=True, **common)}
+        ref_gens = ref["_gens"]
+        ref_sampled = [g for g in ref_gens if not g.greedy]
+        sampled = [g for g in gens if not g.greedy]
+        res["reference"] = {k: ref[k] for k in ("sampled", "greedy", "distinct_1", "distinct_2", "loops", "clean",
+                                                "human", "clean_replies") if k in ref}
+        vs = {"hits": compare_hits(res["sampled"], ref["sampled"], seed),
+              "loops": loop_stats(sampled, ref_sampled, seed=seed)}
+        if "greedy" in res and "greedy" in ref:
+            vs["greedy_hits"] = compare_hits(res["greedy"], ref["greedy"], seed)
+        for key in ("clean", "human"):
+            if key in res and key in ref:
+                vs[key] = perplexity_change(res[key], ref[key], seed=seed)
+        if ref.get("_clean_replies") and "clean_replies" in ref:
+            res["clean_replies_of_reference"] = perplexity(model, tokenizer, ref["_clean_replies"],
+                                                           batch_size=max(1, batch_size // 2), chat=chat,
+                                                           progress=progress, seed=seed)
+            vs["clean_replies"] = perplexity_change(res["clean_replies_of_reference"], ref["clean_replies"], seed=seed)
+        res["vs_reference"] = vs
+        res["over_represented"] = over_represented([g.text for g in sampled], [g.text for g in ref_sampled])
         if reference_model is not None and reference_model is not model:
-            res["kl_per_token"] = mean_kl(model, reference_model, sampled, pad=pad_id(tokenizer),
-                                          progress=progress)
-        res["_ref_gens"] = reference_gens
+            res["kl_per_token"] = mean_kl(model, reference_model, sampled, pad=pad_id(tokenizer), progress=progress)
+        res["_ref_gens"] = ref_gens
+        res["_reference_result"] = ref
     res["samples"] = [{"prompt": prompts[g.prompt_index], "text": g.text, "greedy": g.greedy} for g in gens[:200]]
     res["_gens"] = gens
     if out is not None:
         write_report(res, out)
     return res
-
-
-# ---- reports ----
-def public(res: dict) -> dict:
-    """The result without its private keys (what goes into JSON)."""
-    return {k: (public(v) if isinstance(v, dict) else v) for k, v in res.items() if not k.startswith("_")}
-
-
-def markdown(results: list[dict]) -> str:
-    """One row per evaluated model: hits (with CIs), perplexity, KL, distinct-n."""
-    cols = ["model", "hits/1k words (95% CI)", "hits/gen (95% CI)", "gens with a hit", "greedy hits/1k",
-            "clean ppl", "KL/token", "distinct-1", "distinct-2"]
-    lines = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
-    for r in results:
-        s = r["sampled"]
-        ci = s["hits_per_1k_words_ci"]
-        gci = s["hits_per_generation_ci"]
-        row = [r.get("name", "model"), f"{s['hits_per_1k_words']:.2f} ({ci[0]:.2f}-{ci[1]:.2f})",
-               f"{s['hits_per_generation']:.3f} ({gci[0]:.3f}-{gci[1]:.3f})",
-               f"{s['generations_with_hit']}/{s['generations']}",
-               f"{r['greedy']['hits_per_1k_words']:.2f}" if "greedy" in r else "-",
-               f"{r['clean']['perplexity']:.3f}" if "clean" in r else "-",
-               f"{r['kl_per_token']:.4f}" if "kl_per_token" in r else "-",
-               f"{r['distinct_1']:.3f}", f"{r['distinct_2']:.3f}"]
-        lines.append("| " + " | ".join(row) + " |")
-    return "\n".join(lines) + "\n"
-
-
-def plot_per_phrase(results: list[dict], path, top: int = 30):
-    """Bar plot of hits per phrase for each result (e.g. base, fine-tuned); None without matplotlib."""
-    try:
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError:
-        return None
-    import numpy as np
-
-    first = results[0]["sampled"]["per_phrase"]
-    phrases = [p for p, _ in sorted(first.items(), key=lambda kv: -kv[1])][:top]
-    fig, ax = plt.subplots(figsize=(max(6.0, 0.35 * len(phrases) + 2), 4.5), dpi=110)
-    w = 0.8 / len(results)
-    x = np.arange(len(phrases))
-    for i, r in enumerate(results):
-        ax.bar(x + i * w, [r["sampled"]["per_phrase"].get(p, 0) for p in phrases], w, label=r.get("name"))
-    ax.set_xticks(x + w * (len(results) - 1) / 2)
-    ax.set_xticklabels(phrases, rotation=60, ha="right", fontsize=7)
-    ax.set_ylabel("hits (sampled generations)")
-    ax.set_title("phrase hits per phrase, processor off")
-    ax.legend()
-    fig.tight_layout()
-    fig.savefig(path)
-    plt.close(fig)
-    return Path(path)
-
-
-def write_report(res: dict, out) -> dict:
-    """Write out.json, out.md and out.png (before = the reference's hits, after = the model's)."""
-    out = Path(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    pub = public(res)
-    base = out.with_suffix("") if out.suffix in (".json", ".md", ".png") else out
-    base.with_suffix(".json").write_text(json.dumps(pub, indent=2, default=str) + "\n")
-    rows = [pub]
-    if "reference" in pub:
-        rows = [{"name": "reference", **pub["reference"]}, pub]
-    md = markdown(rows)
-    if pub.get("over_represented"):
-        md += "\nTop over-represented n-grams vs the reference:\n\n| n-gram | count | reference count |\n|---|---|---|\n"
-        md += "".join(f"| {r['ngram']} | {r['count']} | {r['ref_count']} |\n" for r in pub["over_represented"])
-    base.with_suffix(".md").write_text(md)
-    plot_per_phrase(rows, base.with_suffix(".png"))
-    return pub
-
 
 
 # ---- the `cull eval` command (its parser lives with `cull finetune`'s in cull/finetune/commands.py) ----

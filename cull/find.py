@@ -1,14 +1,13 @@
 """The plain reference matcher on strings. It is the oracle the automaton is tested against, so it
-shares no code with it beyond the character classes and folding that define the semantics."""
+shares no code with it beyond the per-character folding and classes that define the semantics
+(cull.normalize.fold_char / norm_class): it works on Python strings, the automaton on bytes."""
 from __future__ import annotations
 
 from dataclasses import dataclass
 from typing import Sequence
 
-from .normalize import SPACE, WORD, char_class, fold_ascii, spellings
+from .normalize import SPACE, WORD, text_units
 from .rules import PhraseSet, Rule, as_phrase_set
-
-_WS = " \t\n\r\x0b\x0c"
 
 
 @dataclass(frozen=True)
@@ -21,26 +20,25 @@ class Match:
         return self.start, self.end
 
 
-def _units(text: str, fold_case: bool):
-    """(folded char, class, start, end) per character; a whitespace run is one space unit."""
+def _units(text: str, fold: int):
+    """(normalised char, class, start, end) per normalised character; a run of spaces is one unit."""
     units = []
-    i, n = 0, len(text)
-    while i < n:
-        ch = text[i]
-        if ch in _WS:
-            j = i
-            while j < n and text[j] in _WS:
-                j += 1
-            units.append((" ", SPACE, i, j))
-            i = j
+    for u, c, i in text_units(text, fold):
+        if c == SPACE and units and units[-1][1] == SPACE:
+            units[-1] = (" ", SPACE, units[-1][2], i + 1)
         else:
-            units.append((fold_ascii(ch) if fold_case else ch, char_class(ch), i, i + 1))
-            i += 1
+            units.append((u, c, i, i + 1))
     return units
 
 
-def _phrase_units(spelling: str, fold_case: bool):
-    return [(fold_ascii(ch) if fold_case else ch, char_class(ch)) for ch in spelling]
+def phrase_units(phrase: str, fold: int) -> list[tuple[str, int]]:
+    """The phrase's normalised characters and classes, spaces collapsed and trimmed at both ends."""
+    units = [(u, c) for u, c, _, _ in _units(phrase, fold)]
+    while units and units[0][1] == SPACE:
+        units.pop(0)
+    while units and units[-1][1] == SPACE:
+        units.pop()
+    return units
 
 
 def find(text: str, rules: "PhraseSet | Sequence[str]") -> list[Match]:
@@ -50,27 +48,28 @@ def find(text: str, rules: "PhraseSet | Sequence[str]") -> list[Match]:
     [('delv', 5, 9)]
     """
     rules = as_phrase_set(rules)
-    opts = rules.options
-    units = _units(text, opts.ignore_case)
+    fold = rules.options.fold()
+    units = _units(text, fold)
     found: list[Match] = []
     for rule in rules.rules:
         if rule.regex is not None:
             found.extend(_regex_matches(text, rule, opts))
             continue
-        need_start = char_class(rule.phrase[0]) == WORD and not rule.leading_wildcard
-        need_end = char_class(rule.phrase[-1]) == WORD and not rule.trailing_wildcard
+        pat = phrase_units(rule.phrase, fold)
+        if not pat:
+            continue
+        need_start = pat[0][1] == WORD and not rule.leading_wildcard
+        need_end = pat[-1][1] == WORD and not rule.trailing_wildcard
         spans = set()
-        for spelling in spellings(rule.phrase, opts.ignore_case, opts.fold_quotes):
-            pat = _phrase_units(spelling, opts.ignore_case)
-            m = len(pat)
-            for i in range(len(units) - m + 1):
-                if any(units[i + k][:2] != pat[k] for k in range(m)):
-                    continue
-                if need_start and i > 0 and units[i - 1][1] == WORD:
-                    continue
-                if need_end and i + m < len(units) and units[i + m][1] == WORD:
-                    continue
-                spans.add((units[i][2], units[i + m - 1][3]))
+        m = len(pat)
+        for i in range(len(units) - m + 1):
+            if any(units[i + k][:2] != pat[k] for k in range(m)):
+                continue
+            if need_start and i > 0 and units[i - 1][1] == WORD:
+                continue
+            if need_end and i + m < len(units) and units[i + m][1] == WORD:
+                continue
+            spans.add((units[i][2], units[i + m - 1][3]))
         found.extend(Match(rule, a, b) for a, b in spans)
     found.sort(key=lambda mt: (mt.start, mt.end, mt.rule.text))
     return found

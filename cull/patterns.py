@@ -2,28 +2,32 @@
 from __future__ import annotations
 
 from .errors import RuleError
-from .normalize import BOUNDARY, MAX_SPELLINGS, OTHER, WORD, char_class, spellings, transduce
+from .find import phrase_units
+from .normalize import _ASCII_CLASS, BOUNDARY, OTHER, WORD, emit_units, transduce
 from .rules import Options, PhraseSet, Rule
 
 
-def rule_patterns(rule: Rule, opts: Options) -> list[bytes]:
-    """Every symbol string that spells `rule`; leading/trailing BOUNDARY encode whole-word ends."""
-    chars = rule.phrase
-    try:
-        variants = spellings(chars, opts.ignore_case, opts.fold_quotes)
-    except ValueError as exc:
+def rule_patterns(rule: Rule, opts: Options, fast: bool = True) -> list[bytes]:
+    """The symbol string that spells `rule`; leading/trailing BOUNDARY encode whole-word ends. (One
+    pattern per rule: case, quotes and compatibility forms are folded on the text side too.)"""
+    fold = opts.fold()
+    if fast and rule.phrase.isascii() and "\0" not in rule.phrase:  # the common case, at C speed
+        body, _ = transduce(rule.phrase.encode(), OTHER, fold)
+        first, last = _ASCII_CLASS[rule.phrase.encode()[0]], _ASCII_CLASS[rule.phrase.encode()[-1]]
+        if first == WORD and rule.leading_wildcard:
+            body = body[1:]  # no leading boundary
+        return [body + (bytes([BOUNDARY]) if (last == WORD and not rule.trailing_wildcard) else b"")]
+    units = phrase_units(rule.phrase, fold)
+    if not units:
         raise RuleError(
-            f"phrase {rule.text!r} ({rule.source}) has too many spelling variants: {exc}. "
-            "Shorten it or set fold_quotes=False"
-        ) from None
-    first, last = char_class(chars[0]), char_class(chars[-1])
+            f"phrase {rule.text!r} ({rule.source}) is empty once normalised (it has only invisible "
+            "characters such as zero-width spaces, which matching skips); delete it")
+    first, last = units[0][1], units[-1][1]
     start_cls = OTHER if (first == WORD and not rule.leading_wildcard) else first
     tail = bytes([BOUNDARY]) if (last == WORD and not rule.trailing_wildcard) else b""
-    out = []
-    for v in variants:
-        sym, _ = transduce(v.encode("utf-8"), start_cls, fold_case=opts.ignore_case)
-        out.append(sym + tail)
-    return out
+    out = bytearray()
+    emit_units(units, start_cls, out)
+    return [bytes(out) + tail]
 
 
 def compile_patterns(rules: PhraseSet, max_symbols: int) -> dict[bytes, float]:
@@ -55,9 +59,9 @@ def compile_patterns(rules: PhraseSet, max_symbols: int) -> dict[bytes, float]:
 
 def check_compilable(rules: PhraseSet, max_symbols: int) -> None:
     """Raise exactly what `compile_patterns` would raise, at a fraction of its cost: a server calls
-    this at admission, on its event loop. An ASCII phrase's spellings are counted, not built (only
-    quotes vary), and its symbols are bounded by 2·len + 2 (a boundary at most between every two
-    characters and at each end); the exact work runs only where the bound does not settle it."""
+    this at admission, on its event loop. An ASCII phrase cannot fail and its symbols are bounded by
+    2·len + 2 (a boundary at most between every two characters and at each end), so only the other
+    phrases are normalised here; the exact count runs only where the bound does not settle it."""
     if rules.regex_rules:
         from .regex_literals import expand_regex_rules
 
@@ -68,11 +72,8 @@ def check_compilable(rules: PhraseSet, max_symbols: int) -> None:
     bound = 0
     for rule in list(rules.phrase_rules) + extra:
         ph = rule.phrase
-        if ph.isascii():
-            n = 4 ** ph.count("'") * 3 ** ph.count('"') if opts.fold_quotes else 1
-            if n > MAX_SPELLINGS:
-                rule_patterns(rule, opts)  # raises the full message
-            bound += n * (2 * len(ph) + 2)
+        if ph.isascii() and "\0" not in ph:
+            bound += 2 * len(ph) + 2
         else:
             bound += sum(len(p) for p in rule_patterns(rule, opts))
     if bound > max_symbols:

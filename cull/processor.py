@@ -136,6 +136,8 @@ class CullLogitsProcessor:
         return scores
 
     def _use_device_state(self, scores) -> bool:
+        if self.matcher.pending_possible:
+            return False  # a device state cannot hold a split character (cull/device_state.py)
         if self.device_state == "auto":
             from cull.kernels import _triton_available
 

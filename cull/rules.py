@@ -7,7 +7,7 @@ from dataclasses import dataclass, field
 from typing import Iterable, Sequence
 
 from .errors import RuleError
-from .normalize import WORD, char_class
+from .normalize import REPLACEMENT, fold_flags, is_wordlike
 
 BAN = "ban"
 BIAS = "bias"
@@ -43,9 +43,15 @@ class Options:
     whole_words: bool = True
     ignore_case: bool = True
     fold_quotes: bool = True
+    ignore_accents: bool = False  # drop nonspacing marks: "cafe" matches "café"
 
     def key(self) -> str:
-        return f"w{int(self.whole_words)}c{int(self.ignore_case)}q{int(self.fold_quotes)}"
+        return (f"w{int(self.whole_words)}c{int(self.ignore_case)}q{int(self.fold_quotes)}"
+                + ("a1" if self.ignore_accents else ""))
+
+    def fold(self) -> int:
+        """The normalisation flags (cull.normalize.fold_flags) these options stand for."""
+        return fold_flags(self.ignore_case, self.fold_quotes, self.ignore_accents)
 
 
 def _where(source: str) -> str:
@@ -103,7 +109,11 @@ def make_rule(
             f"phrase of {len(core)} characters{_where(source)} is longer than the limit of {max_chars}: "
             f"{core[:40]!r}...; shorten it or raise max_phrase_chars"
         )
-    if not allow_symbols and not (_HAS_ASCII_WORD.search(core) or any(char_class(c) == WORD for c in core)):
+    if REPLACEMENT in core:
+        raise RuleError(
+            f"phrase {item!r}{_where(source)} contains U+FFFD, the character invalid UTF-8 decodes to; "
+            "it cannot be matched reliably. Remove it from the phrase")
+    if not allow_symbols and not (_HAS_ASCII_WORD.search(core) or any(is_wordlike(c) for c in core)):
         raise RuleError(
             f"phrase {item!r}{_where(source)} has no letter or digit; a phrase of only punctuation "
             "is usually a mistake. To ban symbols such as '—' on purpose, pass allow_symbols=True "
@@ -172,6 +182,7 @@ class PhraseSet:
         whole_words: bool = True,
         ignore_case: bool = True,
         fold_quotes: bool = True,
+        ignore_accents: bool = False,
         allow_symbols: bool = False,
         max_phrase_chars: int = MAX_PHRASE_CHARS,
     ):
@@ -190,7 +201,7 @@ class PhraseSet:
                 for r in rules
             ]
         object.__setattr__(self, "rules", tuple(rules))
-        object.__setattr__(self, "options", Options(whole_words, ignore_case, fold_quotes))
+        object.__setattr__(self, "options", Options(whole_words, ignore_case, fold_quotes, ignore_accents))
 
     @classmethod
     def load(cls, path, action: str | None = None, bias: float | None = None, **options) -> "PhraseSet":

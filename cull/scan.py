@@ -16,6 +16,7 @@ from typing import Callable, Iterable, Iterator
 
 from .errors import CullError
 from .find import Match, find
+from .normalize import FOLD_CASE, fold_char
 from .rules import PhraseSet, Rule
 
 MatchFn = Callable[[str, PhraseSet], "list[Match]"]
@@ -59,32 +60,38 @@ def count_words(text: str) -> int:
 def prefiltered(match_fn: MatchFn = find) -> MatchFn:
     """Wrap a matcher so that it only sees the rules that can match `text`.
 
-    A phrase can only match where its longest ASCII letter/digit run occurs in the text, ASCII case
-    folded (the matcher folds only ASCII case, and quotes and whitespace are never in such a run),
-    so skipping the other rules never loses a match."""
+    A phrase can only match where the longest ASCII letter/digit run of its normalised form occurs
+    in the normalised text (cull.normalize.fold_char: whitespace, quotes and skipped characters are
+    never inside such a run), so skipping the other rules never loses a match."""
     keys: dict[int, tuple] = {}
 
     def run(text: str, rules: PhraseSet) -> list[Match]:
         kid = id(rules)
         if kid not in keys or keys[kid][0] is not rules:
             keys.clear()
-            keys[kid] = (rules, [(r, _key(r, rules.options.ignore_case)) for r in rules.rules])
-        hay = text.translate(_ASCII_LOWER) if rules.options.ignore_case else text
+            keys[kid] = (rules, [(r, _key(r, rules.options.fold())) for r in rules.rules])
+        hay = _normalised(text, rules.options.fold())
         keep = [r for r, k in keys[kid][1] if not k or k in hay]
         if not keep:
             return []
         opts = rules.options
         subset = PhraseSet(keep, whole_words=opts.whole_words, ignore_case=opts.ignore_case,
-                           fold_quotes=opts.fold_quotes)
+                           fold_quotes=opts.fold_quotes, ignore_accents=opts.ignore_accents)
         return match_fn(text, subset)
 
     return run
 
 
-def _key(rule: Rule, ignore_case: bool) -> str:
+def _normalised(text: str, fold: int) -> str:
+    if text.isascii():  # ASCII normalises to itself, lower-cased
+        return text.translate(_ASCII_LOWER) if fold & FOLD_CASE else text
+    return "".join(fold_char(ch, fold) for ch in text)
+
+
+def _key(rule: Rule, fold: int) -> str:
     if rule.regex is not None:
         return ""  # regexes always run
-    runs = _ASCII_ALNUM_RUN.findall(rule.phrase.translate(_ASCII_LOWER) if ignore_case else rule.phrase)
+    runs = _ASCII_ALNUM_RUN.findall(_normalised(rule.phrase, fold))
     return max(runs, key=len) if runs else ""
 
 

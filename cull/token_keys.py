@@ -3,8 +3,9 @@
 The key of a token is the symbol string it emits, minus a leading BOUNDARY. All tokens whose keys
 start with a given string form one contiguous range of the sorted order, so "every token that
 starts with the rest of this phrase" is two binary searches. The order depends on the class state
-the token is fed from (a leading whitespace run vanishes after a space; a token that starts with a
-UTF-8 continuation byte inherits the class before it), so there is one order per class.
+the token is fed from (a leading whitespace run vanishes after a space), so there is one order per
+class. Keys are taken from the three states without an unfinished character; a row inside a
+character split across tokens is handled exactly on the host (cull/pending.py).
 """
 from __future__ import annotations
 
@@ -12,7 +13,7 @@ from typing import Sequence
 
 import numpy as np
 
-from .normalize import BOUNDARY, BYTE_CLASS, CONT, OTHER, SPACE, WORD, transduce
+from .normalize import BOUNDARY, DEFAULT_FOLD, OTHER, SPACE, WORD, transduce
 
 CLASSES = (OTHER, WORD, SPACE)
 
@@ -20,27 +21,35 @@ CLASSES = (OTHER, WORD, SPACE)
 class TokenKeys:
     """keys[c][t]: key of token t fed from class c (b"" = the token adds no symbols)."""
 
-    def __init__(self, token_bytes: Sequence[bytes], fold_case: bool = True):
+    def __init__(self, token_bytes: Sequence[bytes], fold: int = DEFAULT_FOLD):
         n = len(token_bytes)
         keys = [[b""] * n for _ in CLASSES]
         lead = [bytearray(n) for _ in CLASSES]  # 1 where the token emits a leading BOUNDARY
+        B = bytes([BOUNDARY])
         for t, raw in enumerate(token_bytes):
             if not raw:
                 continue
-            first = BYTE_CLASS[raw[0]]
-            if first in (WORD, OTHER):
-                key, _ = transduce(raw, first, fold_case=fold_case)
+            sym, _ = transduce(raw, OTHER, fold)
+            if sym[:1] == B:  # the first character is a word character: the key is the same from every class
                 for c in CLASSES:
-                    keys[c][t] = key
-                    lead[c][t] = (c == WORD) != (first == WORD)
+                    keys[c][t] = sym[1:]
+                    lead[c][t] = c != WORD
                 continue
-            for c in CLASSES:
-                sym, _ = transduce(raw, c, fold_case=fold_case)
-                if sym[:1] == bytes([BOUNDARY]):
-                    sym, lead[c][t] = sym[1:], 1
-                keys[c][t] = sym
+            if sym[:1] != b" ":  # empty, or a first character that is neither word nor space
+                for c in CLASSES:
+                    keys[c][t] = sym
+                    lead[c][t] = c == WORD
+                continue
+            # the first character is a space: from SPACE it vanishes, from WORD a boundary precedes
+            # it, and the rest is the same from every class (the class after a space is SPACE)
+            keys[OTHER][t] = keys[WORD][t] = sym
+            lead[WORD][t] = 1
+            rest = sym[1:]
+            if rest[:1] == B:
+                rest, lead[SPACE][t] = rest[1:], 1
+            keys[SPACE][t] = rest
         self.n = n
-        self.fold_case = fold_case
+        self.fold = fold
         self.keys = keys
         self.lead = [np.frombuffer(bytes(b), dtype=np.uint8) for b in lead]
         self.max_key = max((len(k) for kc in keys for k in kc), default=0)
@@ -88,11 +97,11 @@ class TokenKeys:
                 out.append((kO, t, allm, allm))
                 if m:
                     out.append((B + kO, t, m, 0))
-            elif kO == kW and BYTE_CLASS[kO[0]] == SPACE:
+            elif kO == kW and kO[:1] == b" ":
                 out.append((kO, t, allm ^ (1 << SPACE), allm))
                 if m & (1 << WORD):
                     out.append((B + kO, t, 1 << WORD, 0))
-            else:  # starts with a continuation byte: each class sees its own string
+            else:  # each class sees its own string
                 for c in CLASSES:
                     if keys[c][t]:
                         out.append(((B if lead[c][t] else b"") + keys[c][t], t, 1 << c, 1 << c))
@@ -124,7 +133,7 @@ def as_fixed(strings: Sequence[bytes], width: int) -> np.ndarray:
 
 def suffix_table(strings, width: int):
     """Sorted suffixes (cut to `width` symbols) of class_strings(), starting at every position but
-    UTF-8 continuation bytes and positions whose mask is empty. Returns (suffixes as an "S" array,
+    UTF-8 continuation bytes (a match starts at a character) and positions whose mask is empty. Returns (suffixes as an "S" array,
     tokens, class masks, full suffix lengths)."""
     if not strings:
         return as_fixed([], width), np.zeros(0, np.int32), np.zeros(0, np.int8), np.zeros(0, np.int32)
@@ -139,8 +148,7 @@ def suffix_table(strings, width: int):
     mfirst = np.fromiter((s[2] for s in strings), dtype=np.int8, count=n)
     mrest = np.fromiter((s[3] for s in strings), dtype=np.int8, count=n)
     mask = np.where(first, mfirst[owner], mrest[owner])
-    cls = np.asarray(BYTE_CLASS, dtype=np.int8)[buf]
-    keep = (cls != CONT) & (mask != 0)
+    keep = ((buf & 0xC0) != 0x80) & (mask != 0)
     pos, owner, ends, mask = pos[keep], owner[keep], ends[keep], mask[keep]
     mat = np.zeros((len(pos), width), dtype=np.uint8)
     for j in range(width):

@@ -42,4 +42,7 @@ def apply_rules(logits, nodes, classes, tables, backend: str = "auto"):
         from .triton_backend import apply_rules_triton as fn
     else:
         from .reference import apply_rules_reference as fn
+    pending = tables.get("pending")  # rows inside a character split across tokens: cull/pending.py
+    if pending is not None:
+        return pending.apply(logits, nodes, classes, fn, tables)
     return fn(logits, nodes, classes, tables)

@@ -1,5 +1,6 @@
 """Random vocabularies, rule sets and row states shared by the matcher, kernel and GPU tests
 (no hypothesis import here: the GPU machine runs these helpers without it)."""
+import codecs
 import random
 
 import numpy as np
@@ -10,28 +11,57 @@ from cull.kernels import apply_rules
 from cull.vocab import vocab_from_token_bytes
 
 CHARS = ["a", "b", "c", "A", "B", " ", "  ", "\n", ",", "'", "’", "é", "É", "—", "_", "1", "ʼ", "ж", "Ж"]
+# disguises and the characters they need: zero-width space, NBSP, ideographic space, fullwidth and
+# math bold letters, a combining acute, ß, a ligature, Han characters
+UNICODE_CHARS = ["\u200b", "\u00a0", "\u3000", "ａ", "𝐛", "\u0301", "ß", "ss", "SS", "ﬁ", "你", "好"]
 WORD_CHARS = ["a", "b", "c", "é", "ж", "1"]
 
 
-def oracle(history: str, token: str, rules) -> float | None:
-    """Strongest delta of a match whose last character `token` writes, or None."""
+def decode_ends(data: bytes) -> tuple[str, list[int]]:
+    """`data` decoded as errors="replace" does, and for each character the byte offset it ends at."""
+    dec = codecs.getincrementaldecoder("utf-8")("replace")
+    parts, ends = [], []
+    for i in range(len(data)):
+        out = dec.decode(data[i:i + 1])
+        parts.append(out)
+        ends += [i + 1] * len(out)
+    out = dec.decode(b"", True)
+    parts.append(out)
+    ends += [len(data)] * len(out)
+    return "".join(parts), ends
+
+
+def oracle(history: bytes, token: bytes, rules) -> float | None:
+    """Strongest delta of a match (in the text decoded with errors="replace") whose last character
+    `token` writes, or None."""
+    text, ends = decode_ends(history + token)
     best = None
-    for m in cull.find(history + token, rules):
-        if m.end > len(history):
+    for m in cull.find(text, rules):
+        if ends[m.end - 1] > len(history):
             d = np.float32(m.rule.delta).item()
             best = d if best is None else min(best, d)
     return best
 
 
-def random_vocab(rng: random.Random, n: int) -> list[str]:
-    toks = set(CHARS)
+def random_vocab(rng: random.Random, n: int, split_chars: bool = True) -> list[bytes]:
+    """Random tokens; with `split_chars`, disguise characters too, and multi-byte characters cut
+    between tokens (tokens that end inside a character, and tokens that start inside one)."""
+    chars = CHARS + (UNICODE_CHARS if split_chars else [])
+    toks = {c.encode() for c in chars}
     while len(toks) < n:
-        toks.add("".join(rng.choice(CHARS) for _ in range(rng.randint(1, 4))))
+        raw = "".join(rng.choice(chars) for _ in range(rng.randint(1, 4))).encode()
+        cuts = [i for i in range(1, len(raw)) if raw[i] & 0xC0 == 0x80]
+        if split_chars and cuts and rng.random() < 0.4:
+            k = rng.choice(cuts)
+            toks.update((raw[:k], raw[k:]))
+        else:
+            toks.add(raw)
     return sorted(toks)
 
 
 def random_phrase(rng: random.Random) -> str:
-    words = ["".join(rng.choice(WORD_CHARS) for _ in range(rng.randint(1, 3))) for _ in range(rng.randint(1, 3))]
+    letters = WORD_CHARS + ["ß", "你"] if rng.random() < 0.3 else WORD_CHARS
+    words = ["".join(rng.choice(letters) for _ in range(rng.randint(1, 3))) for _ in range(rng.randint(1, 3))]
     sep = rng.choice([" ", " ", ", ", "'", "’", " — "])
     p = sep.join(words)
     if rng.random() < 0.2:
@@ -43,9 +73,11 @@ def random_phrase(rng: random.Random) -> str:
     return p
 
 
-def build(rng: random.Random, n_vocab: int, n_rules: int, bias: bool):
-    vocab = random_vocab(rng, n_vocab)
-    token_bytes = [t.encode() for t in vocab] + [b"", b""]  # two special tokens
+def build(rng: random.Random, n_vocab: int, n_rules: int, bias: bool, split_chars: bool = True):
+    """vocab: the tokens as strings (surrogateescape for split characters); token_bytes: their bytes."""
+    raw = random_vocab(rng, n_vocab, split_chars)
+    vocab = [t.decode("utf-8", "surrogateescape") for t in raw]
+    token_bytes = raw + [b"", b""]  # two special tokens
     special = {len(vocab), len(vocab) + 1}
     items = []
     for _ in range(n_rules):

@@ -165,9 +165,18 @@ def test_prefilter_finds_what_find_finds():
     rules = PhraseSet(["delv*", "testament to", "don't", "café society", "*ness", "ass", "Straße"])
     texts = ["DELVING into a Testament  To it", "I DON’T know", "CAFÉ SOCIETY, Café society", "kindness class",
              "STRASSE Straße", "nothing", "delv", "a testament\tto, testaments to"]
+    texts += ["ＤＥＬＶＩＮＧ d\u200belve", "a testament\u00a0to", "\uff43afe\u0301 society", "kindne\u00adss"]
     plain = scan_texts(texts, rules, match_fn=find)
     fast = scan_texts(texts, rules, match_fn=prefiltered(find))
     assert fast.counts == plain.counts and plain.hits > 0
+
+
+def test_scan_ignore_accents(capsys, tmp_path):
+    (tmp_path / "t.txt").write_text("Un café, un cafe\u0301, un cafe.")
+    for flags, hits in (((), 1), (("--ignore-accents",), 3)):
+        rc, out, err = run(capsys, "scan", str(tmp_path / "t.txt"), "--phrase", "cafe", "--json", *flags)
+        assert rc == 0, err
+        assert json.loads(out)["hits"] == hits, flags
 
 
 # ---- generate ----

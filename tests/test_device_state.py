@@ -39,7 +39,8 @@ def drive(proc_host, proc_dev, steps, B, n_tok, V, rng, reorder, spell=()):
 @pytest.mark.parametrize("backend", ["triton", "torch"])  # one fused launch; or states found, torch applies
 def test_device_states_equal_host(seed, include_prompt, backend):
     rng = random.Random(seed)
-    vocab, tb, special, rules, matcher = build(rng, 50, rng.randint(1, 5), bias=seed % 2 == 1)
+    vocab, tb, special, rules, matcher = build(rng, 50, rng.randint(1, 5), bias=seed % 2 == 1, split_chars=False)
+    assert not matcher.pending_possible
     host = cull.CullLogitsProcessor(matcher, include_prompt=include_prompt, backend="torch", device_state=False)
     dev = cull.CullLogitsProcessor(matcher, include_prompt=include_prompt, backend=backend, device_state=True)
     index = {t: i for i, t in enumerate(vocab)}
@@ -64,7 +65,7 @@ def test_device_states_token_mode():
 def test_device_states_long_prompt_in_scope():
     """A prompt longer than the kernel's hash block, matched from its start (include_prompt)."""
     rng = random.Random(11)
-    vocab, tb, special, rules, matcher = build(rng, 50, 3, bias=False)
+    vocab, tb, special, rules, matcher = build(rng, 50, 3, bias=False, split_chars=False)
     host = cull.CullLogitsProcessor(matcher, include_prompt=True, backend="torch", device_state=False)
     dev = cull.CullLogitsProcessor(matcher, include_prompt=True, backend="triton", device_state=True)
     ids = torch.tensor([[rng.randrange(len(tb)) for _ in range(300)] for _ in range(2)])
@@ -72,3 +73,17 @@ def test_device_states_long_prompt_in_scope():
         scores = torch.randn(2, len(tb))
         assert torch.equal(host(ids, scores.clone()), dev(ids, scores.clone()))
         ids = torch.cat([ids, torch.tensor([[rng.randrange(len(tb))], [rng.randrange(len(tb))]])], 1)
+
+
+def test_split_characters_keep_the_host_path():
+    """A vocabulary with tokens that end inside a character: the device state cannot hold the
+    unfinished bytes, so device_state=True falls back to the exact host path (same scores)."""
+    rng = random.Random(3)
+    vocab, tb, special, rules, matcher = build(rng, 60, 3, bias=False, split_chars=True)
+    assert matcher.pending_possible
+    host = cull.CullLogitsProcessor(matcher, backend="torch", device_state=False)
+    dev = cull.CullLogitsProcessor(matcher, backend="triton", device_state=True)
+    assert not dev._use_device_state(torch.zeros(1, len(tb)))
+    index = {t: i for i, t in enumerate(vocab)}
+    spell = [index[" "]] + [index[ch] for ch in rules.rules[0].phrase if ch in index]
+    assert drive(host, dev, 12, 3, len(tb), len(tb), rng, reorder=True, spell=spell) > 0

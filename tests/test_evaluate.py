@@ -116,10 +116,23 @@ def test_eval_command(stories, tmp_path, capsys):
     add_eval_parser(parser.add_subparsers(dest="command"))
     args = parser.parse_args(["eval", "--model", str(path), "--phrase", PHRASE, "--prompts", str(tmp_path / "p.json"),
                               "--n-samples", "8", "--max-new-tokens", "8", "--no-progress", "--clean-texts", "none",
-                              "--out", str(tmp_path / "r"), "--threads", "1"])
+                              "--out", str(tmp_path / "r"), "--threads", "1", "--human-text", "none"])
     assert args.func(args) == 0
     assert "hits/1k words" in capsys.readouterr().out
     assert json.loads((tmp_path / "r.json").read_text())["sampled"]["generations"] == 8
+    # with a reference, the processor on and human text from a file
+    words = " ".join(["the little dog ran to the park and played with a ball"] * 4)
+    (tmp_path / "human.txt").write_text(f"   {words}.\n\n" * 30)
+    args = parser.parse_args(["eval", "--model", str(path), "--reference", str(path), "--phrase", PHRASE,
+                              "--prompts", str(tmp_path / "p.json"), "--n-samples", "8", "--max-new-tokens", "8",
+                              "--no-progress", "--clean-texts", "none", "--with-processor", "--threads", "1",
+                              "--human-text", str(tmp_path / "human.txt"), "--human-tokens", "200",
+                              "--out", str(tmp_path / "r2")])
+    assert args.func(args) == 0
+    doc = json.loads((tmp_path / "r2.json").read_text())
+    assert doc["reference"]["sampled"]["hits"] > 0 and doc["sampled"]["hits"] == 0
+    assert doc["vs_reference"]["human"]["change"] == pytest.approx(0.0, abs=1e-9)  # the same model
+    assert doc["processor_events"]["ban_events"] > 0
     args = parser.parse_args(["eval", "--model", str(path), "--phrase", PHRASE, "--prompts", str(tmp_path / "p.json"),
                               "--chat", "--clean-texts", "none"])
     with pytest.raises(CullError, match="no chat template"):
@@ -127,3 +140,95 @@ def test_eval_command(stories, tmp_path, capsys):
     args = parser.parse_args(["eval", "--model", str(tmp_path / "nope"), "--phrase", PHRASE])
     with pytest.raises(CullError, match="not found"):
         args.func(args)
+
+
+# ---- v2: prompt-clustered CIs, paired comparisons, loops, human text ----
+def _gens(spec):
+    """spec: [(prompt index, text)]"""
+    return [Generation(p, [], [], t, False) for p, t in spec]
+
+
+def test_clustered_ci_is_wider_than_per_generation_when_one_prompt_holds_the_hits():
+    from cull.text_stats import bootstrap_ci
+
+    rules = cull.PhraseSet(["delve"])
+    spec = [(0, "we delve deep into it now")] * 8 + [(p, "plain words with nothing in them") for p in range(1, 9)
+                                                     for _ in range(8)]
+    gens = _gens(spec)
+    s = hit_stats(gens, rules)
+    naive = bootstrap_ci([1] * 8 + [0] * 64, [6] * 8 + [6] * 64, scale=1000.0)
+    lo, hi = s["hits_per_1k_words_ci"]
+    assert s["prompts"] == 9 and lo <= s["hits_per_1k_words"] <= hi
+    assert hi - lo > 1.5 * (naive[2] - naive[1])  # one prompt: the clusters, not the 72 samples, are the units
+
+
+def test_paired_reduction():
+    from cull.text_stats import compare_hits
+
+    rules = cull.PhraseSet(["delve"])
+    ref = hit_stats(_gens([(p, "we delve here and delve there") for p in range(10)]), rules)
+    same = compare_hits(ref, ref)
+    assert same["reduction"] == pytest.approx(0.0) and same["reduction_ci"] == [pytest.approx(0.0)] * 2
+    clean = hit_stats(_gens([(p, "we go here and go there") for p in range(10)]), rules)
+    gone = compare_hits(clean, ref)
+    assert gone["reduction"] == 1.0 and gone["residual_ci_high"] == pytest.approx(0.0)
+    half = hit_stats(_gens([(p, "we delve here and go there") for p in range(10)]), rules)
+    assert compare_hits(half, ref)["reduction"] == pytest.approx(0.5)
+    with pytest.raises(ValueError, match="different prompts"):
+        compare_hits(hit_stats(_gens([(99, "x")]), rules), ref)
+
+
+def test_loops_and_the_noise_floor():
+    from cull.text_stats import loop_stats, loops
+
+    assert loops("I am here now. I am here now. I am here now.")
+    assert not loops("The cat sat on the mat and looked at the bird in the tree.")
+    ref = _gens([(p, t) for p in range(6) for t in ("a b c d a b c d a b c d", "one two three four five")])
+    model = _gens([(p, "one two three four five") for p in range(6) for _ in range(2)])
+    s = loop_stats(model, ref)
+    assert s["looping_rate"] == 0.0 and s["minus_reference"] == pytest.approx(-0.5)
+    # each prompt's first sample loops and its second does not: the halves differ by exactly 1
+    assert s["floor_reference_halves"] == pytest.approx(1.0)
+
+
+def test_perplexity_ci_and_paired_change(stories):
+    from cull.evaluate import perplexity, perplexity_change
+
+    _, model, tok = stories
+    texts = ["One day, a little girl named Lily went to the park.", "Tom liked to play with his red ball.",
+             "The sun was warm and the sky was blue."]
+    p = perplexity(model, tok, texts, progress=False)
+    lo, hi = p["perplexity_ci"]
+    assert lo <= p["perplexity"] <= hi and p["texts"] == 3
+    same = perplexity_change(p, p)
+    assert same["change"] == pytest.approx(0.0) and same["change_ci"] == [pytest.approx(0.0)] * 2
+
+
+def test_human_text_reads_prose_and_names_the_package(tmp_path, monkeypatch):
+    from cull.human_text import human_corpus, prose_paragraphs
+
+    words = " ".join(f"word{i}" for i in range(40))
+    text = (f"   A {{hacker}} is a person who enjoys {words}.\n   Second line of it.\n\n"
+            "   │ table │ row │\n\n   :headword: n.\n\n   short one.\n")
+    paras = prose_paragraphs(text)
+    assert len(paras) == 1 and paras[0].startswith("A hacker is") and "Second line of it." in paras[0]
+    f = tmp_path / "prose.txt"
+    f.write_text((text + "\n\n") * 40)
+    got = human_corpus(500, path=f)
+    assert got and all(p == paras[0] for p in got)
+    with pytest.raises(CullError, match="fewer than"):
+        human_corpus(10 ** 7, path=f)
+    with pytest.raises(CullError, match="jargon-text"):
+        human_corpus(100, path=tmp_path / "missing.txt")
+
+
+def test_reference_is_measured_without_the_processor(stories):
+    from cull.evaluate import BanCounter
+
+    _, model, tok = stories
+    counter = BanCounter(cull.CullLogitsProcessor([PHRASE], tok))
+    res = evaluate(model, tok, [PHRASE], [""], n_samples=16, max_new_tokens=10, batch_size=16, greedy=False,
+                   processor=counter, reference_model=model, progress=False)
+    assert res["sampled"]["hits"] == 0 and res["reference"]["sampled"]["hits"] > 0  # "before" is the real rate
+    assert res["vs_reference"]["hits"]["reduction"] == 1.0
+    assert res["processor_events"]["ban_events"] == counter.events > 0

@@ -116,29 +116,41 @@ def test_build_data_examples(stories):
             assert not tok.decode(ex.context + [c], skip_special_tokens=True).lower().endswith("once")
     # one context (BOS) and one (phrase, token) pair: down-sampled to a single example
     assert len(data.preference) == 1
+    assert data.preference[0].ref_logits.shape == (model.config.vocab_size,)  # the tether's reference
+    # dense retain: every generated position of every clean sample
     assert data.retain and all(len(r.top_ids) == len(r.positions) for r in data.retain)
+    assert all(r.positions == list(range(1, len(r.ids))) for r in data.retain)
+    assert all(not cull.find(tok.decode(r.ids, skip_special_tokens=True), rules) for r in data.retain)
 
 
 def test_batched_step_loss_equals_unpadded_forwards(stories):
     """Left-padded contexts with logits_to_keep, and retain positions gathered from a padded batch,
     give the same loss as one plain forward per sequence."""
+    import numpy as np
+
     from cull.finetune import LossWeights, PreferenceExample, RetainExample
     from cull.finetune.loss import total_loss
-    from cull.finetune.train import _step_loss
+    from cull.finetune.steps import step_loss
 
     _, model, _ = stories
-    pref = [PreferenceExample([1, 5, 6, 7], 9, [3, 4], "x"), PreferenceExample([1, 8], 10, [11], "x")]
+    v = model.config.vocab_size
+    rng = np.random.default_rng(0)
+    pref = [PreferenceExample([1, 5, 6, 7], 9, [3, 4], "x", ref_logits=rng.normal(size=v).astype(np.float16)),
+            PreferenceExample([1, 8], 10, [11], "x", ref_logits=rng.normal(size=v).astype(np.float16))]
     ret = [RetainExample([1, 5, 6, 7, 8], [2, 4], [[1, 2], [3, 4]], [[-1.0, -2.0], [-1.0, -3.0]]),
            RetainExample([1, 9, 9], [1], [[5, 6]], [[-0.5, -2.0]])]
-    w = LossWeights()
+    w = LossWeights(mle=0.5)
     with torch.no_grad():
-        got, _ = _step_loss(model, pref, ret, 0, w, "cpu")
+        got, parts = step_loss(model, pref, ret, 0, w, "cpu")
         pl = torch.stack([model(torch.tensor([e.context])).logits[0, -1] for e in pref])
         rl = torch.cat([model(torch.tensor([r.ids])).logits[0, [p - 1 for p in r.positions]] for r in ret])
         want, _ = total_loss(pl, torch.tensor([9, 10]), torch.tensor([[3, 4], [11, 0]]),
                              torch.tensor([[True, True], [True, False]]), rl,
                              torch.tensor([t for r in ret for t in r.top_ids]),
-                             torch.tensor([t for r in ret for t in r.top_logp]), w)
+                             torch.tensor([t for r in ret for t in r.top_logp]), w,
+                             ref_logits=torch.tensor(np.stack([e.ref_logits for e in pref]).astype(np.float32)),
+                             retain_targets=torch.tensor([6, 8, 9]))
+    assert set(parts) == {"pref", "ul", "tether", "kl", "mle"}
     assert abs(got.item() - want.item()) < 1e-4
 
 
@@ -192,6 +204,117 @@ def test_missing_model_path(tmp_path):
 
     with pytest.raises(CullError, match="not found"):
         load_model_for_finetune(str(tmp_path / "nope"))
+
+
+# ---- v2: clipping, gating, tether, decision points, storage, schedule ----
+def test_preference_is_clipped_at_the_margin():
+    logits = torch.tensor([[0.0, 2.5, 1.0, -1.0]], requires_grad=True)  # chosen 1 wins by 2.5, chosen 2 by 1
+    loss = preference_loss(logits, torch.tensor([0]), torch.tensor([[1, 2]]), torch.tensor([[True, True]]),
+                           margin=2.0, clip=True)
+    loss.backward()
+    assert logits.grad[0, 1] == 0  # past the margin: no more pull
+    assert logits.grad[0, 2] < 0 and logits.grad[0, 0] > 0
+    won = torch.tensor([[0.0, 3.0, 2.5, -1.0]])
+    assert preference_loss(won, torch.tensor([0]), torch.tensor([[1, 2]]), torch.tensor([[True, True]]),
+                           margin=2.0, clip=True).item() == 0.0
+
+
+def test_unlikelihood_is_gated_once_the_rejected_token_stops_winning():
+    logits = torch.tensor([[3.0, 1.0, 0.0], [1.0, 3.0, 0.0]])
+    rejected, chosen, mask = torch.tensor([0, 0]), torch.tensor([[1], [1]]), torch.tensor([[True], [True]])
+    gated = unlikelihood_loss(logits, rejected, chosen, mask, gate=True)
+    first_row = -log1m_prob(logits[:1], rejected[:1])
+    assert gated.item() == pytest.approx(first_row.item() / 2)  # the second row is already won
+    assert unlikelihood_loss(logits, rejected).item() > gated.item()
+
+
+def test_tether_ignores_targets_and_common_shifts():
+    from cull.finetune.loss import tether_loss
+
+    torch.manual_seed(0)
+    ref = torch.randn(2, 10)
+    rejected, chosen, mask = torch.tensor([0, 1]), torch.tensor([[2, 3], [4, 0]]), torch.tensor([[True, True], [True, False]])
+    moved = ref.clone()
+    moved[0, [0, 2, 3]] += 5.0  # only targets move
+    moved[1] += 7.0  # a common shift: no probability changes
+    moved[1, [1, 4]] -= 3.0
+    assert tether_loss(moved, ref, rejected, chosen, mask).item() == pytest.approx(0.0, abs=1e-10)
+    moved[0, 7] += 1.0  # a non-target logit moves
+    assert tether_loss(moved, ref, rejected, chosen, mask).item() > 0.01
+
+
+def test_decision_point_moves_past_function_words_and_word_pieces(stories):
+    from cull.evaluate import Generation
+    from cull.finetune.data import decision_token, match_spans
+
+    _, _, tok = stories
+    text = "She saw a testament to love in the garden."
+    ids = tok(text, add_special_tokens=False)["input_ids"]
+    gen = Generation(0, [tok.bos_token_id], ids, tok.decode(ids, skip_special_tokens=True))
+    [(phrase, first, last, m)] = match_spans(gen, tok, cull.PhraseSet(["a testament to"]))
+    j = decision_token(gen, tok, first, last, m)
+    assert first < j <= last
+    assert tok.decode(ids[:j + 1], skip_special_tokens=True).endswith("a testament")  # completes "testament"
+    # rule (b): the rest of the match must be likely after the decision token; with an unlikely rest,
+    # it moves to the last token
+    logp = [0.0] * len(ids)
+    logp[last] = -5.0
+    assert decision_token(gen, tok, first, last, m, logp, commit_prob=0.5) == last
+
+
+def test_sample_token_logp_equals_unpadded_forwards(stories):
+    from cull.evaluate import Generation
+    from cull.finetune.examples import sample_token_logp
+
+    _, model, tok = stories
+    gens = [Generation(0, [1], [300, 301, 302, 50], "x"), Generation(0, [1, 40, 41], [7, 8], "y")]
+    got = sample_token_logp(model, tok, gens, batch_size=2, progress=False)
+    for g in gens:
+        ids = torch.tensor([g.prompt_ids + g.gen_ids])
+        with torch.no_grad():
+            lp = torch.log_softmax(model(ids).logits[0].float(), -1)
+        n = len(g.prompt_ids)
+        want = [lp[n + i - 1, t].item() for i, t in enumerate(g.gen_ids)]
+        assert got[id(g)] == pytest.approx(want, abs=1e-4)
+
+
+def test_data_round_trip_keeps_arrays(tmp_path):
+    import numpy as np
+
+    from cull.finetune import FinetuneData, PreferenceExample, RetainExample
+
+    d = FinetuneData([PreferenceExample([1, 2], 3, [4], "p", 0.5, 0, [4, 5], [3, 6], np.arange(6, dtype=np.float16))],
+                     [RetainExample([1, 2, 3], [1, 2], np.array([[1, 2], [3, 4]], dtype=np.int32),
+                                    np.array([[-0.5, -1.0], [-0.2, -2.0]], dtype=np.float16), 0)],
+                     {"hits": 1}, [[[1, 2, 3], 1]])
+    d.save(tmp_path / "data.json")
+    assert (tmp_path / "data.npz").is_file()
+    back = FinetuneData.load(tmp_path / "data.json")
+    assert back.preference[0].ref_logits.tolist() == list(range(6)) and back.preference[0].chosen_continuation == [4, 5]
+    assert back.retain[0].top_ids.tolist() == [[1, 2], [3, 4]] and back.negatives == [[[1, 2, 3], 1]]
+
+
+def test_schedule_and_checkpoint_choice():
+    from cull.finetune.steps import checkpoint_score
+    from cull.finetune.train import lr_factor
+
+    f = [lr_factor(s, 100, 0.1, 0.1) for s in range(100)]
+    assert f[0] == pytest.approx(0.1) and f[9] == pytest.approx(1.0) and f[10] == pytest.approx(1.0)
+    assert f[-1] == pytest.approx(0.1, abs=1e-3) and all(a >= b for a, b in zip(f[10:], f[11:]))
+    base = 1.0
+    fewer_hits = checkpoint_score({"nll": 1.005, "hits": 0, "win_rate": 0.8}, base, 0.01)
+    more_hits = checkpoint_score({"nll": 1.0, "hits": 2, "win_rate": 0.99}, base, 0.01)
+    over_budget = checkpoint_score({"nll": 1.1, "hits": 0, "win_rate": 1.0}, base, 0.01)
+    assert fewer_hits < more_hits < over_budget
+
+
+def test_newly_overused():
+    from cull.discover import newly_overused
+
+    cands = cull.PhraseSet(["a reflection of", "tapestry"])
+    tuned = ["it was a reflection of her"] * 5 + ["a tapestry"]
+    base = ["a tapestry of light"] * 6
+    assert newly_overused(tuned, base, cands) == ["a reflection of"]
 
 
 # ---- acceptance: fine-tune "Once upon a time" away on stories260K ----
@@ -262,6 +385,40 @@ def test_resume_and_adapter_only(tmp_path, stories):
     assert resumed["log"][-1]["step"] == 9
 
 
+@pytest.mark.parametrize("method", ["ul-mle", "nat", "dpo", "cull-bf16", "cull-2-rounds"])
+def test_baselines_and_options_run_on_stories(tmp_path, method):
+    """Each baseline and option trains on stories260K and cuts the phrase rate at least in half."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from cull.finetune import FinetuneConfig, build_data, finetune
+
+    path = need_data("models", "stories260K")
+    tok = AutoTokenizer.from_pretrained(path)
+    model = AutoModelForCausalLM.from_pretrained(path).eval()
+    before = _rate(model, tok)
+    if method == "dpo":
+        from cull.finetune.baselines import dpo_pairs, train_dpo
+
+        data = build_data(model, tok, cull.PhraseSet([PHRASE]), [""], n_samples=64, max_new_tokens=16, progress=False)
+        assert dpo_pairs(data, tok)
+        tuned, _ = train_dpo(model, tok, data, tmp_path, steps=20, lr=5e-3, batch_size=4, say=lambda m: None)
+        tuned = AutoModelForCausalLM.from_pretrained(tmp_path).eval()
+    else:
+        kw = {"ul-mle": dict(method="ul-mle"), "nat": dict(method="nat"), "cull-bf16": dict(dtype="bf16"),
+              "cull-2-rounds": dict(rounds=2, steps=3, lr=2e-3, eval_every=0)}[method]
+        cfg = FinetuneConfig(**{**dict(steps=20, lr=5e-3, n_samples=64, max_new_tokens=16, checkpoint_every=0,
+                                       eval_every=10, val_samples=16), **kw})
+        s = finetune(model, tok, [PHRASE], [""], tmp_path, cfg, progress=False, say=lambda m: None)
+        tuned = AutoModelForCausalLM.from_pretrained(tmp_path, torch_dtype="auto").eval()
+        if method == "cull-bf16":
+            assert tuned.dtype == torch.bfloat16
+            tuned = tuned.float()
+        if method == "cull-2-rounds":
+            assert len(s["rounds"]) == 2 and s["data"]["rounds"][0]["hits"] > 0  # round 2 trained on residual hits
+    after = _rate(tuned, tok)
+    assert after <= 0.5 * before, f"{method}: phrase rate {before:.0%} -> {after:.0%}"
+
+
 def test_bench_quick(tmp_path):
     """The benchmark's --quick mode (stories260K) runs, so the benchmark cannot rot."""
     import sys
@@ -272,10 +429,28 @@ def test_bench_quick(tmp_path):
     from bench.finetune_bench import main
 
     out = main(["--quick", "--out-dir", str(tmp_path), "--work-dir", str(tmp_path / "work"),
-                "--skip-processor-check"])
+                "--skip-processor-check", "--methods", "cull", "nat"])
     rows = {r["name"]: r for r in out["rows"]}
-    assert rows["base"]["hits"] > 0 and rows["cull-ftpo"]["hits_reduction_pct"] >= 90
+    assert rows["base"]["hits"] > 0 and rows["cull"]["hits_reduction_pct"] >= 90
+    assert "clean_replies_ppl_change_pct_ci_high" in rows["cull"] and "nat" in rows
     assert Path(out["path"]).with_suffix(".md").is_file()
+
+
+def test_sweep_quick(tmp_path):
+    """The sweep's --quick mode trains per setting, evaluates each merge scale and draws the plot."""
+    import sys
+    from pathlib import Path
+
+    need_data("models", "stories260K")
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+    from bench.finetune_sweep import main
+
+    out = main(["--quick", "--out-dir", str(tmp_path), "--work-dir", str(tmp_path / "work"), "--kl", "1",
+                "--rounds", "1", "--scales", "0.5", "1"])
+    rows = {r["merge_scale"]: r for r in out["rows"]}
+    assert set(rows) == {0.5, 1.0} and any(r["pareto"] for r in rows.values())
+    assert rows[1.0]["hits"] <= rows[0.5]["hits"]  # the full update removes at least as much as half of it
+    assert Path(out["path"]).with_suffix(".png").stat().st_size > 5000
 
 
 @pytest.mark.slow

@@ -93,3 +93,27 @@ def test_triton_edits_strided_views(seed, kind):
     assert torch.equal(want == float("-inf"), got == float("-inf"))
     assert torch.equal(want.isnan(), got.isnan())
     torch.testing.assert_close(got.nan_to_num(), want.nan_to_num(), rtol=0, atol=0)
+
+
+def test_triton_on_disguises_split_into_bytes(data_dir):
+    """A real SentencePiece vocabulary (stories260K, byte fallback): rows that spelled Unicode
+    disguises byte by byte, many of them stopped inside a character, give the reference's bans."""
+    from transformers import LlamaTokenizer
+
+    from cull.compile_cache import as_vocab
+
+    tok = LlamaTokenizer.from_pretrained(data_dir / "models" / "stories260K")
+    vocab = as_vocab(tok)
+    byte_id = {b: i for i, b in enumerate(vocab.token_bytes) if len(b) == 1 and i not in vocab.special_ids}
+    m = cull_compile(["delve", "a testament to", "café", "你好", "straße"], vocab)
+    texts = ["d\u200belve", "ｄｅｌｖｅ", "𝐝𝐞𝐥𝐯𝐞", "a testament\u3000to", "cafe\u0301", "我说你好", "STRASSE"]
+    states = []
+    for text in texts:
+        st = m.initial_state()
+        for b in text.encode():
+            st = m.advance(st, byte_id[bytes([b])])
+            states.append(st)
+    assert sum(s[1] >= 3 for s in states) >= 10  # rows inside a character
+    base, outs = run_backends(m, states, len(vocab.token_bytes), torch.float32, ["reference", "triton"], 5)
+    assert torch.equal(outs["reference"], outs["triton"])
+    assert (outs["reference"] == float("-inf")).any()

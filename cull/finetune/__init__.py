@@ -1,15 +1,17 @@
 """`cull finetune`: remove phrases from a model permanently.
 
-On-policy preference data from the model's own near misses (`data`), an FTPO-style preference
-loss plus unlikelihood plus KL-to-base on clean positions (`loss`), and a LoRA or full fine-tune under
-accelerate (`train`). See docs/finetune.md.
+On-policy preference data from the model's own near misses (`data`, `examples`), an FTPO-style
+clipped preference loss, gated unlikelihood, a logit tether at the hit contexts and a dense KL retain
+on clean samples (`loss`), and a LoRA or full fine-tune under accelerate with warm-up, decay, early
+stopping and rounds on policy (`train`, `loop`), plus the UL+MLE and NAT baselines (`steps`) and
+TRL's DPO (`baselines`). See docs/finetune.md.
 """
 from .data import FinetuneData, PreferenceExample, RetainExample, build_data
-from .loss import LossWeights, preference_loss, retain_kl, unlikelihood_loss
-from .train import FinetuneConfig, finetune
+from .loss import LossWeights, preference_loss, retain_kl, tether_loss, unlikelihood_loss
+from .train import METHODS, FinetuneConfig, finetune
 
-__all__ = ["FinetuneConfig", "FinetuneData", "LossWeights", "PreferenceExample", "RetainExample", "build_data",
-           "finetune", "preference_loss", "retain_kl", "unlikelihood_loss"]
+__all__ = ["FinetuneConfig", "FinetuneData", "LossWeights", "METHODS", "PreferenceExample", "RetainExample",
+           "build_data", "finetune", "preference_loss", "retain_kl", "tether_loss", "unlikelihood_loss"]
 
 from .commands import add_eval_parser, add_finetune_parser, run_eval, run_finetune  # noqa: E402
 

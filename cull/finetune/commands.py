@@ -82,10 +82,16 @@ def add_eval_parser(subparsers):
     p.add_argument("--clean-texts", default="neutral_texts", metavar="FILE",
                    help="clean text for perplexity: a .json list of strings or {prompt, text} objects "
                         "(default: cull's neutral text set); 'none' to skip")
-    p.add_argument("--n-samples", type=_positive_int, default=4, help="sampled generations per prompt")
+    p.add_argument("--human-text", default="auto", metavar="FILE",
+                   help="human-written English for a second perplexity: 'auto' (Debian's jargon-text package "
+                        "when installed: apt-get install jargon-text), 'jargon' (the same, an error when absent), "
+                        "a text or .gz file, or 'none'")
+    p.add_argument("--human-tokens", type=_positive_int, default=20_000, help="tokens of human text to score")
+    p.add_argument("--n-samples", type=_positive_int, default=8, help="sampled generations per prompt (default 8)")
     p.add_argument("--no-greedy", action="store_true", help="skip the one greedy generation per prompt")
     p.add_argument("--batch-size", type=_positive_int, default=16)
-    p.add_argument("--with-processor", action="store_true", help="generate with the phrases banned")
+    p.add_argument("--with-processor", action="store_true",
+                   help="generate with the phrases banned and count ban events (the reference runs without it)")
     p.add_argument("--out", default=None, metavar="PREFIX", help="write PREFIX.json, PREFIX.md and PREFIX.png")
     p.add_argument("--json", action="store_true", help="print the results as JSON")
     p.set_defaults(func=run_eval)
@@ -110,21 +116,42 @@ def _clean_texts(spec):
     return data
 
 
+def human_texts_for(spec, tok, min_tokens: int, say=_say):
+    """The human-written texts of --human-text: None for 'none' (and for 'auto' when the package is
+    not installed, with a note); a CullError naming the package when an explicit source is missing."""
+    from ..human_text import INSTALL_HINT, corpus_path, human_corpus
+
+    if spec is None or str(spec).lower() == "none":
+        return None
+    if str(spec).lower() == "auto":
+        try:
+            corpus_path()
+        except CullError:
+            say(f"note: no human-written text corpus installed, so no perplexity on human text; {INSTALL_HINT}")
+            return None
+        spec = None
+    elif str(spec).lower() == "jargon":
+        spec = None
+    return human_corpus(min_tokens, tokenizer=tok, path=spec)
+
+
 def run_eval(args) -> int:
     import cull
 
-    from ..evaluate import evaluate, load_prompts, markdown, public
+    from ..evaluate import BanCounter, evaluate, load_prompts, markdown, public
 
     rules = load_phrases(args)
     prompts = load_prompts(args.prompts)
     clean = _clean_texts(args.clean_texts)
     model, tok, _ = _load(args.model, args.threads, _say)
     ref = _load(args.reference, args.threads, _say)[0] if args.reference else None
-    proc = cull.CullLogitsProcessor(rules, tok, vocab_size=model.config.vocab_size) if args.with_processor else None
+    human = human_texts_for(args.human_text, tok, args.human_tokens)
+    proc = BanCounter(cull.CullLogitsProcessor(rules, tok, vocab_size=model.config.vocab_size)) \
+        if args.with_processor else None
     res = evaluate(model, tok, rules, prompts, n_samples=args.n_samples, temperature=args.temperature,
                    greedy=not args.no_greedy, max_new_tokens=args.max_new_tokens, seed=args.seed, processor=proc,
-                   reference_model=ref, clean_texts=clean, batch_size=args.batch_size, chat=args.chat,
-                   progress=not args.no_progress, out=args.out, name=str(args.model or "model"))
+                   reference_model=ref, clean_texts=clean, human_texts=human, batch_size=args.batch_size,
+                   chat=args.chat, progress=not args.no_progress, out=args.out, name=str(args.model or "model"))
     pub = public(res)
     if args.json:
         print(json.dumps(pub, indent=2, default=str))
@@ -151,23 +178,35 @@ def add_finetune_parser(subparsers):
     p.add_argument("--full", action="store_true", help="full fine-tune instead of LoRA")
     p.add_argument("--adapter-only", action="store_true", help="save the LoRA adapter, not a merged model")
     p.add_argument("--resume", action="store_true", help="continue from the latest checkpoint in --out")
-    p.add_argument("--steps", type=_positive_int, default=200)
+    p.add_argument("--steps", type=_positive_int, default=200, help="steps per round (early stopping may end it sooner)")
+    p.add_argument("--rounds", type=_positive_int, default=1,
+                   help="rounds on policy: sample the tuned model, add its residual hits and newly over-used "
+                        "phrases, train again (tethered to the original base)")
+    p.add_argument("--method", default="cull", choices=["cull", "ul-mle", "nat"],
+                   help="cull's loss (default), or a baseline: unlikelihood+MLE (Welleck et al.), NAT negatives")
+    p.add_argument("--dtype", default="fp32", choices=["fp32", "bf16"], help="bf16: bf16 autocast, bf16 weights saved")
     p.add_argument("--lr", type=float, default=None, help="learning rate (default 1e-3 LoRA, 5e-5 full)")
+    p.add_argument("--warmup", type=float, default=0.1, help="share of steps with a linear warm-up (then cosine decay)")
     p.add_argument("--batch-size", type=_positive_int, default=8, help="preference examples per step")
-    p.add_argument("--retain-batch-size", type=int, default=4, help="retain sequences per step")
+    p.add_argument("--retain-batch-size", type=int, default=4, help="clean sequences per step (all their positions)")
     p.add_argument("--checkpoint-every", type=int, default=50, metavar="N")
     p.add_argument("--lora-r", type=_positive_int, default=8)
     p.add_argument("--lora-alpha", type=_positive_int, default=16)
     p.add_argument("--lora-targets", default=None, metavar="NAMES", help="comma-separated Linear layer names")
-    p.add_argument("--n-samples", type=_positive_int, default=4, help="base samples per training prompt")
+    p.add_argument("--n-samples", type=_positive_int, default=4, help="samples per training prompt")
     p.add_argument("--gen-batch-size", type=_positive_int, default=16)
     p.add_argument("--max-examples", type=int, default=None, help="cap the preference examples")
+    v = p.add_argument_group("early stopping")
+    v.add_argument("--eval-every", type=int, default=25, metavar="N", help="validation check every N steps (0: none)")
+    v.add_argument("--val-samples", type=int, default=1, help="samples per validation prompt checked for hits")
+    v.add_argument("--max-ppl-rise", type=float, default=0.01, help="perplexity budget on held-out clean samples")
     g = p.add_argument_group("loss")
-    g.add_argument("--w-pref", type=float, default=1.0, help="weight of the preference term")
-    g.add_argument("--w-ul", type=float, default=1.0, help="weight of the unlikelihood term")
-    g.add_argument("--w-kl", type=float, default=1.0, help="weight of the KL-to-base term")
+    g.add_argument("--w-pref", type=float, default=1.0, help="weight of the (clipped) preference term")
+    g.add_argument("--w-ul", type=float, default=1.0, help="weight of the gated unlikelihood term")
+    g.add_argument("--w-tether", type=float, default=0.4, help="weight of the logit tether at the hit contexts")
+    g.add_argument("--w-kl", type=float, default=1.0, help="weight of the dense KL retain on clean samples")
     g.add_argument("--beta", type=float, default=1.0)
-    g.add_argument("--margin", type=float, default=2.0, help="target log-prob margin of chosen over rejected")
+    g.add_argument("--margin", type=float, default=2.0, help="logit margin of chosen over rejected where a pair stops pulling")
     p.set_defaults(func=run_finetune)
     return p
 
@@ -186,7 +225,9 @@ def run_finetune(args) -> int:
         steps=args.steps, lr=args.lr, batch_size=args.batch_size, retain_batch_size=args.retain_batch_size,
         full=args.full, lora_r=args.lora_r, lora_alpha=args.lora_alpha,
         lora_targets=tuple(args.lora_targets.split(",")) if args.lora_targets else None,
-        weights=LossWeights(args.w_pref, args.w_ul, args.w_kl, args.beta, args.margin), seed=args.seed,
+        weights=LossWeights(args.w_pref, args.w_ul, args.w_kl, args.beta, args.margin, tether=args.w_tether),
+        seed=args.seed, rounds=args.rounds, method=args.method, dtype=args.dtype, warmup=args.warmup,
+        eval_every=args.eval_every, val_samples=args.val_samples, max_ppl_rise=args.max_ppl_rise,
         checkpoint_every=args.checkpoint_every, adapter_only=args.adapter_only, n_samples=args.n_samples,
         temperature=args.temperature, max_new_tokens=args.max_new_tokens, gen_batch_size=args.gen_batch_size,
         chat=args.chat, max_examples=args.max_examples)

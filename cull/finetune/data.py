@@ -1,28 +1,43 @@
 """On-policy training data for `cull finetune`, built from the model's own samples and the matcher.
 
-1. Sample the base model on the training prompts with the processor off.
+1. Sample the model on the training prompts with the processor off.
 2. Find every hit with `cull.find`.
-3. Map the hit's first character to the token that wrote it: the context is everything before that
-   token, "rejected" is that token, "chosen" is the model's own top-k alternatives there that start no
-   banned phrase (checked by decoding context + alternative + a short greedy continuation and
-   running the matcher on it).
-4. Keep at most `max_per_pair` examples per (phrase, rejected token), and never the same context twice.
-5. A retain set: positions of the base samples where no hit starts, with the base model's top-K log-probabilities
-   there, for a KL-to-base term that keeps everything else as it was.
+3. Pick the **decision point** of each hit: the first token of the match that tells the phrase apart,
+   not a generic word piece. It is the first token that (a) completes a word of the phrase that is
+   not a function word and (b) after which the sample's own continuation through the end of the
+   match had probability >= `commit_prob` under the model, or else the match's last token. So
+   " un"+"forgiving" rejects "forgiving", not " un"; "a testament to" rejects " testament", not " a".
+4. The context is everything before that token, "rejected" is that token, "chosen" is the model's
+   own top-k alternatives there that start no banned phrase (checked by decoding context +
+   alternative + a short greedy continuation and running the matcher on it). The reference model's
+   full logits at the context are kept for the tether.
+5. Keep at most `max_per_pair` examples per (phrase, rejected token), and never the same context twice.
+6. A retain set: every generated position of the hit-free samples, with the reference's top-K
+   log-probabilities there (dense retain).
+7. A validation split: the examples and clean samples of a held-out share of the prompts.
+
+Stored as `data.json` (token ids, statistics) plus `data.npz` (the reference's logits and top-K
+tables; numpy, no pickle).
 """
 from __future__ import annotations
 
 import bisect
 import json
 import random
+import re
 from collections import Counter
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 
-from ..errors import CullError, require
+from ..errors import CullError
 from ..evaluate import Generation, generate
 from ..find import find
 from ..rules import PhraseSet
+
+# function words: a decision point never rests on one of these alone
+FUNCTION_WORDS = set("the a an and or of to in on at for with was is it he she they i you we his her their my your "
+                     "that this as by from be had have has were are but not so its our".split())
+_WORD = re.compile(r"[\w']+")
 
 
 @dataclass
@@ -32,14 +47,19 @@ class PreferenceExample:
     chosen: list  # acceptable alternatives, most likely first
     phrase: str
     p_rejected: float = 0.0
+    prompt_index: int = -1
+    chosen_continuation: list = field(default_factory=list)  # first chosen + its greedy continuation
+    rejected_continuation: list = field(default_factory=list)  # the sample's own tokens from `rejected` on
+    ref_logits: object = None  # [V] float16 numpy: the reference's logits at the context (tether)
 
 
 @dataclass
 class RetainExample:
     ids: list  # prompt + generated ids
-    positions: list  # indices i: the distribution predicting ids[i] is kept close to the base
-    top_ids: list = field(default_factory=list)  # [len(positions)][K] base model's top-K token ids
-    top_logp: list = field(default_factory=list)  # [len(positions)][K] their base log-probs
+    positions: list  # indices i: the distribution predicting ids[i] is kept close to the reference
+    top_ids: object = field(default_factory=list)  # [len(positions), K] reference's top-K token ids
+    top_logp: object = field(default_factory=list)  # [len(positions), K] their log-probs
+    prompt_index: int = -1
 
 
 @dataclass
@@ -47,17 +67,51 @@ class FinetuneData:
     preference: list
     retain: list
     stats: dict
+    negatives: list = field(default_factory=list)  # [ids, prompt length] of samples with a hit (NAT baseline)
+    val_preference: list = field(default_factory=list)
+    val_retain: list = field(default_factory=list)
 
     def save(self, path) -> None:
-        doc = {"preference": [asdict(e) for e in self.preference], "retain": [asdict(e) for e in self.retain],
-               "stats": self.stats}
-        Path(path).write_text(json.dumps(doc))
+        import numpy as np
+
+        path = Path(path)
+        arrays, doc = {}, {"stats": self.stats, "negatives": self.negatives}
+        for name in ("preference", "val_preference"):
+            items = []
+            for i, e in enumerate(getattr(self, name)):
+                d = {k: v for k, v in e.__dict__.items() if k != "ref_logits"}
+                if e.ref_logits is not None:
+                    arrays[f"{name}.{i}.ref_logits"] = np.asarray(e.ref_logits, dtype=np.float16)
+                items.append(d)
+            doc[name] = items
+        for name in ("retain", "val_retain"):
+            items = []
+            for i, r in enumerate(getattr(self, name)):
+                items.append({"ids": r.ids, "positions": r.positions, "prompt_index": r.prompt_index})
+                arrays[f"{name}.{i}.top_ids"] = np.asarray(r.top_ids, dtype=np.int32)
+                arrays[f"{name}.{i}.top_logp"] = np.asarray(r.top_logp, dtype=np.float16)
+            doc[name] = items
+        path.write_text(json.dumps(doc))
+        np.savez(path.with_suffix(".npz"), **arrays)
 
     @classmethod
     def load(cls, path) -> "FinetuneData":
-        doc = json.loads(Path(path).read_text())
-        return cls([PreferenceExample(**e) for e in doc["preference"]], [RetainExample(**e) for e in doc["retain"]],
-                   doc["stats"])
+        import numpy as np
+
+        path = Path(path)
+        doc = json.loads(path.read_text())
+        npz = path.with_suffix(".npz")
+        arrays = dict(np.load(npz, allow_pickle=False)) if npz.is_file() else {}
+        out = {}
+        for name in ("preference", "val_preference"):
+            out[name] = [PreferenceExample(**e, ref_logits=arrays.get(f"{name}.{i}.ref_logits"))
+                         for i, e in enumerate(doc.get(name, []))]
+        for name in ("retain", "val_retain"):
+            out[name] = [RetainExample(r["ids"], r["positions"], arrays.get(f"{name}.{i}.top_ids", r.get("top_ids", [])),
+                                       arrays.get(f"{name}.{i}.top_logp", r.get("top_logp", [])),
+                                       r.get("prompt_index", -1)) for i, r in enumerate(doc.get(name, []))]
+        return cls(out["preference"], out["retain"], doc["stats"], doc.get("negatives", []), out["val_preference"],
+                   out["val_retain"])
 
 
 def char_ends(tok, ids: list[int]) -> list[int]:
@@ -79,15 +133,30 @@ def token_at_char(ends: list[int], char: int) -> int:
     return i
 
 
+def _char_ends_consistent(tok, gen: Generation) -> list[int] | None:
+    ends = char_ends(tok, gen.gen_ids)
+    return ends if not ends or ends[-1] == len(gen.text) else None
+
+
 def hits_in(gen: Generation, tok, rules: PhraseSet) -> list[tuple[str, int]]:
     """(phrase, index into gen.gen_ids of the token that wrote the match's first character)."""
+    return [(phrase, first) for phrase, first, _, _ in match_spans(gen, tok, rules)]
+
+
+def match_spans(gen: Generation, tok, rules: PhraseSet) -> list[tuple[str, int, int, object]]:
+    """(phrase, first token index, last token index, match) of every hit in a generation."""
     ms = find(gen.text, rules)
     if not ms:
         return []
-    ends = char_ends(tok, gen.gen_ids)
-    if ends and ends[-1] != len(gen.text):  # incremental decode differs from the whole decode
-        return [(m.rule.text, _scan_token(tok, gen.gen_ids, m.start)) for m in ms]
-    return [(m.rule.text, token_at_char(ends, m.start)) for m in ms]
+    ends = _char_ends_consistent(tok, gen)
+    out = []
+    for m in ms:
+        if ends is None:  # incremental decode differs from the whole decode: scan
+            first, last = _scan_token(tok, gen.gen_ids, m.start), _scan_token(tok, gen.gen_ids, m.end - 1)
+        else:
+            first, last = token_at_char(ends, m.start), token_at_char(ends, m.end - 1)
+        out.append((m.rule.text, first, last, m))
+    return out
 
 
 def _scan_token(tok, ids, char):
@@ -97,70 +166,70 @@ def _scan_token(tok, ids, char):
     return len(ids) - 1
 
 
-def find_chosen(model, tok, rules, found, *, top_k: int = 8, min_prob: float = 0.01, max_chosen: int = 4,
-                lookahead: int = 6, batch_size: int = 32, progress: bool = True) -> list[PreferenceExample]:
-    """Preference examples for `found` = [(generation, phrase, token index, context)]: the model's top-k
-    alternatives at each context, kept when a short greedy continuation after them writes no new
-    match. Contexts and candidates are batched (left-padded)."""
-    torch = require("torch", "hf")
-    from tqdm.auto import tqdm
+def decision_token(gen: Generation, tok, first: int, last: int, match, token_logp=None,
+                   commit_prob: float = 0.5) -> int:
+    """The token of a match to reject: see the module docstring (step 3). `token_logp[i]` is the
+    model's log-probability of gen.gen_ids[i] in the sample (None: rule (b) is not checked)."""
+    import math
 
-    from ..evaluate import _left_pad, pad_id
+    ends = _char_ends_consistent(tok, gen)
+    if ends is None:
+        return first
+    text = gen.text
+    for j in range(first, last + 1):
+        end = ends[j]
+        if j == last or end >= match.end:
+            return j
+        span = text[match.start:end]
+        words_done = _WORD.findall(span)
+        if words_done and end < len(text) and (text[end].isalnum() or text[end] in "_'"):
+            words_done = words_done[:-1]  # the last word goes on in the next token
+        if not any(w.lower() not in FUNCTION_WORDS for w in words_done):
+            continue
+        if token_logp is None or sum(token_logp[j + 1:last + 1]) >= math.log(commit_prob):
+            return j
+    return last
 
-    special = set(getattr(tok, "all_special_ids", []) or [])
-    pad = pad_id(tok)
-    device = next(model.parameters()).device
-    per = max(1, batch_size // max(top_k, 1))  # contexts per batch
-    examples = []
-    for b in tqdm(range(0, len(found), per), desc="finding alternatives", disable=not progress, leave=False):
-        chunk = found[b:b + per]
-        ids, mask = _left_pad([c[3] for c in chunk], pad)
-        pos = (mask.cumsum(1) - 1).clamp(min=0)
-        with torch.inference_mode():
-            probs = torch.softmax(model(ids.to(device), attention_mask=mask.to(device),
-                                        position_ids=pos.to(device)).logits[:, -1].float(), -1)
-        rows = []
-        for i, (g, _, ti, _) in enumerate(chunk):
-            rejected = g.gen_ids[ti]
-            top = torch.topk(probs[i], min(top_k + 1, probs.shape[-1])).indices.tolist()
-            rows += [(i, int(t)) for t in top if t != rejected and probs[i, t] >= min_prob and t not in special]
-        ok = set()
-        if rows:
-            ids2, mask2 = _left_pad([chunk[i][3] + [c] for i, c in rows], pad)
-            with torch.inference_mode():
-                out = model.generate(ids2.to(device), attention_mask=mask2.to(device), max_new_tokens=lookahead,
-                                     do_sample=False, temperature=None, top_p=None, top_k=None, pad_token_id=pad)
-            for (i, c), cont in zip(rows, out[:, ids2.shape[1]:].tolist()):
-                g, _, _, context = chunk[i]
-                gen = context[len(g.prompt_ids):]
-                before = len(tok.decode(gen, skip_special_tokens=True))
-                text = tok.decode(gen + [c] + cont, skip_special_tokens=True)
-                if not any(m.end > before for m in find(text, rules)):
-                    ok.add((i, c))
-        for i, (g, phrase, ti, context) in enumerate(chunk):
-            chosen = [c for j, c in rows if j == i and (j, c) in ok][:max_chosen]
-            examples.append(PreferenceExample(context, int(g.gen_ids[ti]), chosen, phrase,
-                                              float(probs[i, g.gen_ids[ti]])))
-    return examples
+
+def split_prompts(n_prompts: int, val_fraction: float, seed: int) -> set[int]:
+    """The prompt indices held out for validation (none when there are fewer than 4 prompts)."""
+    if n_prompts < 4 or val_fraction <= 0:
+        return set()
+    k = max(1, round(n_prompts * val_fraction))
+    return set(random.Random(seed + 17).sample(range(n_prompts), k))
 
 
 def build_data(model, tok, rules: PhraseSet, prompts: list[str], *, n_samples: int = 4, temperature: float = 0.8,
                max_new_tokens: int = 128, seed: int = 0, top_k: int = 8, min_prob: float = 0.01,
-               max_chosen: int = 4, max_per_pair: int = 8, lookahead: int = 6, retain_per_gen: int = 8,
+               max_chosen: int = 4, max_per_pair: int = 8, lookahead: int = 6, retain_per_gen: int = 0,
                retain_top: int = 64, batch_size: int = 16, chat: bool | None = None, progress: bool = True,
-               gens: list[Generation] | None = None, max_examples: int | None = None) -> FinetuneData:
-    """Sample the base model and turn its hits into preference examples and its clean text into a
-    retain set (see the module docstring). Raises a CullError when there are no hits."""
+               gens: list[Generation] | None = None, max_examples: int | None = None, reference=None,
+               commit_prob: float = 0.5, val_fraction: float = 0.15, keep_tether: bool = True,
+               with_retain: bool = True) -> FinetuneData:
+    """Sample `model` and turn its hits into preference examples and its clean text into a retain
+    set (see the module docstring). `reference` (default: `model`) gives the tether logits and the
+    retain distributions: later rounds sample the tuned model but stay tied to the original base.
+    `retain_per_gen` > 0 keeps that many random positions per clean sample instead of all of them;
+    `with_retain=False` builds no retain set (later rounds keep the first one). Raises a CullError
+    when there are no hits."""
+    from .examples import build_retain, find_chosen, sample_token_logp
+
+    reference = model if reference is None else reference
     if gens is None:
         gens = generate(model, tok, prompts, n_samples=n_samples, temperature=temperature,
                         max_new_tokens=max_new_tokens, seed=seed, batch_size=batch_size, chat=chat,
-                        progress=progress, desc="sampling the base model")
+                        progress=progress, desc="sampling")
     rng = random.Random(seed)
-    found, per_pair, seen = [], Counter(), set()
-    hit_counts = Counter()
-    for g in gens:
-        for phrase, ti in hits_in(g, tok, rules):
+    spans = {id(g): match_spans(g, tok, rules) for g in gens}
+    hit_gens = [g for g in gens if spans[id(g)]]
+    logps = sample_token_logp(model, tok, hit_gens, batch_size=batch_size, progress=progress)
+    found, per_pair, seen, hit_counts = [], Counter(), set(), Counter()
+    moved = 0
+    for g in hit_gens:
+        for phrase, first, last, m in spans[id(g)]:
             hit_counts[phrase] += 1
+            ti = decision_token(g, tok, first, last, m, logps[id(g)], commit_prob)
+            moved += ti != first
             context = g.prompt_ids + g.gen_ids[:ti]
             key = (phrase, g.gen_ids[ti])
             if tuple(context) in seen or per_pair[key] >= max_per_pair:
@@ -170,53 +239,32 @@ def build_data(model, tok, rules: PhraseSet, prompts: list[str], *, n_samples: i
             found.append((g, phrase, ti, context))
     if not found:
         raise CullError(
-            f"none of the {len(rules)} phrases appeared in {len(gens)} samples of the base model "
+            f"none of the {len(rules)} phrases appeared in {len(gens)} samples of the model "
             f"({sum(len(g.gen_ids) for g in gens)} tokens), so there is nothing to train away. Use prompts "
             "that elicit them (e.g. the kind of writing where the model says them), more samples "
             "(--n-samples), longer generations (--max-new-tokens), or check the list with `cull eval`")
     if max_examples and len(found) > max_examples:  # keep every phrase, then fill up at random
         rng.shuffle(found)
-        first = {}
+        first_of = {}
         for f in found:
-            first.setdefault(f[1], f)
-        rest = [f for f in found if first[f[1]] is not f]
-        found = list(first.values()) + rest[:max(0, max_examples - len(first))]
+            first_of.setdefault(f[1], f)
+        rest = [f for f in found if first_of[f[1]] is not f]
+        found = list(first_of.values()) + rest[:max(0, max_examples - len(first_of))]
     examples = find_chosen(model, tok, rules, found, top_k=top_k, min_prob=min_prob, max_chosen=max_chosen,
-                           lookahead=lookahead, batch_size=batch_size * 2, progress=progress)
-    retain = build_retain(model, gens, rules, tok, per_gen=retain_per_gen, top=retain_top, rng=rng,
-                          progress=progress)
+                           lookahead=lookahead, batch_size=batch_size * 2, progress=progress,
+                           reference=reference if keep_tether else None)
+    clean = [g for g in gens if not spans[id(g)] and g.gen_ids] if with_retain else []
+    retain = build_retain(reference, tok, clean, per_gen=retain_per_gen, top=retain_top, rng=rng, progress=progress,
+                          batch_size=max(1, batch_size // 2))
+    val = split_prompts(len(prompts), val_fraction, seed)
+    if val and all(e.prompt_index in val for e in examples):  # few prompts: keep every example for training
+        val = set()
     stats = {"generations": len(gens), "hits": sum(hit_counts.values()), "hits_per_phrase": dict(hit_counts),
              "examples": len(examples), "examples_with_chosen": sum(1 for e in examples if e.chosen),
+             "decision_points_moved": moved,
              "pairs": {f"{p} | {tok.convert_ids_to_tokens(t)}": c for (p, t), c in per_pair.items()},
-             "retain_positions": sum(len(r.positions) for r in retain)}
-    return FinetuneData(examples, retain, stats)
-
-
-def build_retain(model, gens: list[Generation], rules, tok, *, per_gen: int, top: int, rng: random.Random,
-                 progress: bool = True, batch_size: int = 16) -> list[RetainExample]:
-    """Up to `per_gen` random positions per generation, other than those where a hit starts, with
-    the base model's top-`top` log-probs there."""
-    torch = require("torch", "hf")
-    from tqdm.auto import tqdm
-
-    from ..evaluate import _right_pad, pad_id
-
-    todo = []
-    for g in gens if per_gen > 0 else []:
-        skip = {len(g.prompt_ids) + ti for _, ti in hits_in(g, tok, rules)}
-        ids = g.prompt_ids + g.gen_ids
-        gen_pos = [p for p in range(len(g.prompt_ids), len(ids)) if p not in skip]
-        if gen_pos:
-            todo.append((ids, sorted(rng.sample(gen_pos, min(per_gen, len(gen_pos))))))
-    out = []
-    device = next(model.parameters()).device
-    for b in tqdm(range(0, len(todo), batch_size), desc="retain set", disable=not progress, leave=False):
-        chunk = todo[b:b + batch_size]
-        ids, mask = _right_pad([c[0] for c in chunk], pad_id(tok))
-        with torch.inference_mode():
-            logits = model(ids.to(device), attention_mask=mask.to(device)).logits
-        for i, (seq, positions) in enumerate(chunk):
-            sel = torch.log_softmax(logits[i, torch.tensor(positions, device=device) - 1].float(), -1)
-            vals, idx = torch.topk(sel, min(top, sel.shape[-1]), dim=-1)
-            out.append(RetainExample(seq, positions, idx.tolist(), vals.tolist()))
-    return out
+             "retain_positions": sum(len(r.positions) for r in retain), "val_prompts": sorted(val)}
+    negatives = [[g.prompt_ids + g.gen_ids, len(g.prompt_ids)] for g in hit_gens]
+    return FinetuneData([e for e in examples if e.prompt_index not in val], [r for r in retain if r.prompt_index not in val],
+                        stats, negatives, [e for e in examples if e.prompt_index in val],
+                        [r for r in retain if r.prompt_index in val])

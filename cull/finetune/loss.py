@@ -1,11 +1,22 @@
 """The loss terms of `cull finetune`. Each takes logits and returns a scalar (mean over examples).
 
-- `preference_loss`: FTPO-style preference on the final token: each acceptable alternative's
-  log-prob should beat the rejected token's by `margin`; -logsigmoid(beta * (diff - margin)),
-  averaged over the chosen tokens of an example (and so over examples).
-- `unlikelihood_loss`: -log(1 - p(rejected)) (Welleck et al. 2019), computed stably in log space.
-- `retain_kl`: KL(base || model) at clean positions, over the base model's top-K tokens plus one
-  bucket for the rest of the vocabulary, so only K numbers per position need storing.
+At the decision point of each hit (the context), with z the logits, r the rejected token, C the
+acceptable alternatives:
+
+- `preference_loss`: FTPO-style, on raw logit gaps d = z[c] - z[r] (equal to the log-prob gaps):
+  softplus(beta * (margin - d)) per chosen c, weighted by min(1, (margin - d) / margin), clipped to 0
+  once d >= margin, so a pair stops pulling once it is won by the margin (no runaway Δ);
+- `unlikelihood_loss`: -log(1 - p(r)) (Welleck et al. 2019), computed stably in log space; gated
+  (`gate=True`): only on rows where r still beats every chosen token (or, with none, every token);
+- `tether_loss`: squared distance of every non-target logit (all but r and C) to the reference's
+  logits at the same context, after removing the mean shift (softmax ignores it): the rest of the
+  distribution at the hit contexts stays where it was;
+
+and on the model's own clean samples (the retain set):
+
+- `retain_kl`: KL(reference || model) at every clean position, over the reference's top-K tokens
+  plus one bucket for the rest of the vocabulary, so only K numbers per position need storing;
+- `mle_loss`: the mean negative log-likelihood of the tokens (the UL+MLE and NAT baselines).
 """
 from __future__ import annotations
 
@@ -22,18 +33,28 @@ class LossWeights:
     kl: float = 1.0
     beta: float = 1.0
     margin: float = 2.0
+    tether: float = 0.4
+    mle: float = 0.0
+    clip: bool = True  # preference: stop pulling a pair once its margin is met
+    gate_unlikelihood: bool = True  # unlikelihood only while the rejected token still wins
 
 
 def preference_loss(logits: torch.Tensor, rejected: torch.Tensor, chosen: torch.Tensor, chosen_mask: torch.Tensor,
-                    beta: float = 1.0, margin: float = 2.0) -> torch.Tensor:
+                    beta: float = 1.0, margin: float = 2.0, clip: bool = False) -> torch.Tensor:
     """logits [B, V]; rejected [B]; chosen [B, C] (padded) with chosen_mask [B, C] (bool).
-    Examples without any chosen token contribute nothing."""
-    logp = torch.log_softmax(logits.float(), -1)
-    lr = logp.gather(-1, rejected[:, None])  # [B, 1]
-    lc = logp.gather(-1, chosen.clamp(min=0))  # [B, C]
-    per = -F.logsigmoid(beta * (lc - lr - margin))  # [B, C]
+    Per chosen token softplus(beta * (margin - (z[c] - z[r]))), averaged over an example's chosen
+    tokens and over examples; with `clip`, weighted by clamp((margin - gap) / margin, 0, 1) (no
+    gradient through the weight), so a won pair adds nothing. Examples without any chosen token
+    contribute nothing."""
+    z = logits.float()
+    zr = z.gather(-1, rejected[:, None])  # [B, 1]
+    zc = z.gather(-1, chosen.clamp(min=0))  # [B, C]
+    gap = zc - zr
+    per = F.softplus(beta * (margin - gap))  # [B, C]
     m = chosen_mask.float()
-    n = m.sum(-1)
+    if clip:
+        m = m * ((margin - gap.detach()) / max(margin, 1e-6)).clamp(0.0, 1.0)
+    n = chosen_mask.float().sum(-1)
     per_ex = (per * m).sum(-1) / n.clamp(min=1)
     has = (n > 0).float()
     return (per_ex * has).sum() / has.sum().clamp(min=1)
@@ -47,9 +68,40 @@ def log1m_prob(logits: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
     return torch.logsumexp(others, -1) - torch.logsumexp(logits, -1)
 
 
-def unlikelihood_loss(logits: torch.Tensor, rejected: torch.Tensor) -> torch.Tensor:
-    """Mean of -log(1 - p(rejected)) over rows; logits [B, V], rejected [B]."""
-    return (-log1m_prob(logits, rejected)).mean()
+def rejected_still_wins(logits: torch.Tensor, rejected: torch.Tensor, chosen: torch.Tensor | None = None,
+                        chosen_mask: torch.Tensor | None = None) -> torch.Tensor:
+    """[B] bool: the rejected logit is >= every chosen logit (rows without chosen: >= every logit)."""
+    z = logits.detach().float()
+    zr = z.gather(-1, rejected[:, None])[:, 0]
+    best = z.max(-1).values
+    if chosen is not None and chosen_mask is not None and chosen_mask.shape[-1]:
+        zc = z.gather(-1, chosen.clamp(min=0)).masked_fill(~chosen_mask, float("-inf")).max(-1).values
+        best = torch.where(chosen_mask.any(-1), zc, best)
+    return zr >= best
+
+
+def unlikelihood_loss(logits: torch.Tensor, rejected: torch.Tensor, chosen: torch.Tensor | None = None,
+                      chosen_mask: torch.Tensor | None = None, gate: bool = False) -> torch.Tensor:
+    """Mean over rows of -log(1 - p(rejected)); logits [B, V], rejected [B]. With `gate`, rows where
+    the rejected token no longer wins (`rejected_still_wins`) add 0."""
+    per = -log1m_prob(logits, rejected)
+    if gate:
+        per = per * rejected_still_wins(logits, rejected, chosen, chosen_mask).float()
+    return per.mean()
+
+
+def tether_loss(logits: torch.Tensor, ref_logits: torch.Tensor, rejected: torch.Tensor, chosen: torch.Tensor,
+                chosen_mask: torch.Tensor) -> torch.Tensor:
+    """Mean squared distance of the non-target logits to the reference's, per row centred (a common
+    shift of all logits changes no probability). logits, ref_logits [B, V]."""
+    keep = torch.ones_like(logits, dtype=torch.bool)
+    keep.scatter_(1, rejected[:, None], False)
+    rows = torch.arange(logits.shape[0], device=logits.device)[:, None].expand_as(chosen)
+    keep[rows[chosen_mask], chosen[chosen_mask]] = False
+    diff = (logits.float() - ref_logits.float()) * keep
+    n = keep.sum(-1, keepdim=True).clamp(min=1)
+    centred = (diff - diff.sum(-1, keepdim=True) / n) * keep
+    return (centred.pow(2).sum(-1) / n[:, 0]).mean()
 
 
 def retain_kl(logits: torch.Tensor, top_ids: torch.Tensor, top_logp: torch.Tensor) -> torch.Tensor:
@@ -66,18 +118,32 @@ def retain_kl(logits: torch.Tensor, top_ids: torch.Tensor, top_logp: torch.Tenso
     return (kl_top + kl_rest).mean()
 
 
+def mle_loss(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    """Mean negative log-likelihood of `targets` [N] under logits [N, V]."""
+    return F.cross_entropy(logits.float(), targets)
+
+
 def total_loss(pref_logits, rejected, chosen, chosen_mask, retain_logits, top_ids, top_logp,
-               w: LossWeights) -> tuple[torch.Tensor, dict]:
-    """The weighted sum of the three terms and each term's value (for logging)."""
+               w: LossWeights, ref_logits=None, retain_targets=None) -> tuple[torch.Tensor, dict]:
+    """The weighted sum of the terms and each term's value (for logging)."""
     parts = {}
-    total = pref_logits.new_zeros(())
-    if w.preference:
-        parts["pref"] = preference_loss(pref_logits, rejected, chosen, chosen_mask, w.beta, w.margin)
-        total = total + w.preference * parts["pref"]
-    if w.unlikelihood:
-        parts["ul"] = unlikelihood_loss(pref_logits, rejected)
-        total = total + w.unlikelihood * parts["ul"]
-    if w.kl and retain_logits is not None and retain_logits.numel():
-        parts["kl"] = retain_kl(retain_logits, top_ids, top_logp)
-        total = total + w.kl * parts["kl"]
+    anchor = pref_logits if pref_logits is not None else retain_logits
+    total = anchor.new_zeros(())
+    if pref_logits is not None and pref_logits.numel():
+        if w.preference:
+            parts["pref"] = preference_loss(pref_logits, rejected, chosen, chosen_mask, w.beta, w.margin, w.clip)
+            total = total + w.preference * parts["pref"]
+        if w.unlikelihood:
+            parts["ul"] = unlikelihood_loss(pref_logits, rejected, chosen, chosen_mask, gate=w.gate_unlikelihood)
+            total = total + w.unlikelihood * parts["ul"]
+        if w.tether and ref_logits is not None:
+            parts["tether"] = tether_loss(pref_logits, ref_logits, rejected, chosen, chosen_mask)
+            total = total + w.tether * parts["tether"]
+    if retain_logits is not None and retain_logits.numel():
+        if w.kl and top_ids is not None:
+            parts["kl"] = retain_kl(retain_logits, top_ids, top_logp)
+            total = total + w.kl * parts["kl"]
+        if w.mle and retain_targets is not None:
+            parts["mle"] = mle_loss(retain_logits, retain_targets)
+            total = total + w.mle * parts["mle"]
     return total, {k: float(v.detach()) for k, v in parts.items()}

@@ -12,7 +12,7 @@ and the step, so a resumed run trains on exactly the batches the interrupted one
 from __future__ import annotations
 
 import json
-import random
+import math
 import shutil
 import time
 from dataclasses import asdict, dataclass, field
@@ -21,7 +21,8 @@ from pathlib import Path
 from ..errors import CullError, require
 from ..rules import as_phrase_set
 from .data import FinetuneData, build_data
-from .loss import LossWeights, total_loss
+from .loop import _Loop
+from .loss import LossWeights
 
 LORA_TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj",
                 "c_attn", "c_proj", "c_fc", "query_key_value", "dense", "fc1", "fc2", "wq", "wk", "wv", "wo")
@@ -30,18 +31,33 @@ MAX_BATCH = 256
 
 @dataclass
 class FinetuneConfig:
-    steps: int = 200
+    steps: int = 200  # per round; early stopping may end a round sooner
     lr: float | None = None  # default: 1e-3 for LoRA, 5e-5 for a full fine-tune
     batch_size: int = 8  # preference examples per step
-    retain_batch_size: int = 4  # retain sequences per step
+    retain_batch_size: int = 4  # retain sequences per step (every position of each)
     full: bool = False
     lora_r: int = 8
     lora_alpha: int = 16
     lora_targets: tuple | None = None
     weights: LossWeights = field(default_factory=LossWeights)
+    method: str = "cull"  # or the baselines "ul-mle", "nat" (see steps.py)
     seed: int = 0
     checkpoint_every: int = 50
     adapter_only: bool = False
+    dtype: str = "fp32"  # "bf16": bf16 autocast in training, bf16 weights saved
+    warmup: float = 0.1  # share of a round's steps with a linear warm-up
+    min_lr: float = 0.1  # the cosine decay ends at this share of the learning rate
+    # early stopping (see docs/finetune.md)
+    eval_every: int = 25
+    val_fraction: float = 0.15  # share of the prompts held out for validation
+    val_samples: int = 1  # samples per validation prompt checked for hits (0: none)
+    max_ppl_rise: float = 0.01  # perplexity budget on held-out clean samples
+    stop_win: float = 0.95  # stop once held-out win rate reaches this ...
+    stop_p_rejected: float = 0.02  # ... and the mean held-out p(rejected) is this low, with no validation hits
+    patience: int = 4  # checks without a better checkpoint before stopping
+    # rounds on policy
+    rounds: int = 1
+    new_phrases: int = 10  # newly over-used phrases added per round (0: only residual hits)
     # data building
     n_samples: int = 4
     temperature: float = 0.8
@@ -49,12 +65,13 @@ class FinetuneConfig:
     gen_batch_size: int = 16
     top_k: int = 8
     max_per_pair: int = 8
-    retain_per_gen: int = 8
+    retain_per_gen: int = 0  # 0: every position of every clean sample (dense retain)
     max_examples: int | None = None
+    commit_prob: float = 0.5
     chat: bool | None = None
 
     def check(self) -> None:
-        for name in ("steps", "batch_size", "n_samples", "max_new_tokens", "gen_batch_size", "lora_r"):
+        for name in ("steps", "batch_size", "n_samples", "max_new_tokens", "gen_batch_size", "lora_r", "rounds"):
             if getattr(self, name) < 1:
                 raise CullError(f"{name} must be at least 1, got {getattr(self, name)}")
         for name in ("batch_size", "retain_batch_size", "gen_batch_size"):
@@ -63,6 +80,25 @@ class FinetuneConfig:
                                 "batch (more steps) instead")
         if self.lr is not None and not self.lr > 0:
             raise CullError(f"the learning rate must be > 0, got {self.lr}")
+        if self.method not in METHODS:
+            raise CullError(f"unknown method {self.method!r}; use one of {', '.join(METHODS)}")
+        if self.dtype not in ("fp32", "bf16"):
+            raise CullError(f"dtype must be fp32 or bf16, got {self.dtype!r}")
+        if not 0 <= self.warmup < 1 or not 0 <= self.min_lr <= 1 or not 0 <= self.val_fraction < 1:
+            raise CullError(f"warmup and val_fraction must be in [0, 1) and min_lr in [0, 1], got {self.warmup}, "
+                            f"{self.val_fraction}, {self.min_lr}")
+
+
+METHODS = ("cull", "ul-mle", "nat")
+
+
+def method_weights(cfg: FinetuneConfig) -> LossWeights:
+    """The loss weights a method uses: cull's own, or the UL+MLE baseline's (ungated unlikelihood
+    plus maximum likelihood on clean samples; no preference, tether or KL)."""
+    if cfg.method == "ul-mle":
+        return LossWeights(preference=0.0, unlikelihood=1.0, kl=0.0, tether=0.0, mle=max(cfg.weights.mle, 1.0),
+                           gate_unlikelihood=False)
+    return cfg.weights
 
 
 def lora_target_modules(model, names=None) -> list[str]:
@@ -78,65 +114,44 @@ def lora_target_modules(model, names=None) -> list[str]:
     return found
 
 
-def _pad_right(rows, pad):
-    import torch
-
-    width = max(len(r) for r in rows)
-    ids = torch.full((len(rows), width), pad, dtype=torch.long)
-    mask = torch.zeros_like(ids)
-    for i, r in enumerate(rows):
-        ids[i, :len(r)] = torch.tensor(r)
-        mask[i, :len(r)] = 1
-    return ids, mask
-
-
-def _batch(items, size, seed, step, rank, world):
-    """The step's batch, a pure function of (seed, step): sampled without replacement within an epoch."""
-    if not items:
-        return []
-    per_epoch = max(1, len(items) // size) if len(items) >= size else 1
-    epoch, k = divmod(step, per_epoch)
-    order = list(range(len(items)))
-    random.Random(seed * 1_000_003 + epoch).shuffle(order)
-    if len(items) < size:  # fewer examples than a batch: repeat them
-        order = (order * (size // len(items) + 1))
-        k = 0
-    idx = order[k * size:(k + 1) * size]
-    return [items[i] for i in idx[rank::world]]
-
-
-def _step_loss(model, pref, retain, pad, w: LossWeights, device):
-    """The loss of one batch. Only the logits that the loss reads are computed (`logits_to_keep`):
-    the last position of each left-padded context, and the retain positions."""
-    import torch
-
-    width = max(len(e.context) for e in pref)
-    ids = torch.tensor([[pad] * (width - len(e.context)) + e.context for e in pref], device=device)
-    mask = torch.tensor([[0] * (width - len(e.context)) + [1] * len(e.context) for e in pref], device=device)
-    pos = (mask.cumsum(1) - 1).clamp(min=0)
-    pref_logits = model(input_ids=ids, attention_mask=mask, position_ids=pos, logits_to_keep=1).logits[:, -1]
-    rejected = torch.tensor([e.rejected for e in pref], device=device)
-    c = max(1, max(len(e.chosen) for e in pref))
-    chosen = torch.tensor([e.chosen + [0] * (c - len(e.chosen)) for e in pref], device=device)
-    cmask = torch.tensor([[1] * len(e.chosen) + [0] * (c - len(e.chosen)) for e in pref], device=device).bool()
-    r_logits = top_ids = top_logp = None
-    if retain and w.kl:
-        rids, rmask = _pad_right([r.ids for r in retain], pad)
-        keep = sorted({p - 1 for r in retain for p in r.positions})
-        where = {k: i for i, k in enumerate(keep)}
-        rl = model(input_ids=rids.to(device), attention_mask=rmask.to(device),
-                   logits_to_keep=torch.tensor(keep, device=device)).logits
-        rows = torch.tensor([i for i, r in enumerate(retain) for _ in r.positions], device=device)
-        cols = torch.tensor([where[p - 1] for r in retain for p in r.positions], device=device)
-        r_logits = rl[rows, cols]
-        top_ids = torch.tensor([t for r in retain for t in r.top_ids], device=device)
-        top_logp = torch.tensor([t for r in retain for t in r.top_logp], device=device)
-    return total_loss(pref_logits, rejected, chosen, cmask, r_logits, top_ids, top_logp, w)
+def lr_factor(step: int, steps: int, warmup: float, min_lr: float) -> float:
+    """Linear warm-up over the first `warmup` share of the steps, then cosine decay to `min_lr`."""
+    w = int(round(warmup * steps))
+    if step < w:
+        return (step + 1) / w
+    t = (step - w) / max(1, steps - w)
+    return min_lr + (1 - min_lr) * 0.5 * (1 + math.cos(math.pi * min(t, 1.0)))
 
 
 def _latest_checkpoint(out: Path):
     cks = sorted((out / "checkpoints").glob("step-*"), key=lambda p: int(p.name.split("-")[1]))
     return cks[-1] if cks else None
+
+
+class _Reference:
+    """The original base model as a callable: the adapter switched off (LoRA), or a frozen copy."""
+
+    def __init__(self, model, frozen=None):
+        self.model, self.frozen = model, frozen
+
+    def parameters(self):
+        return (self.frozen or self.model).parameters()
+
+    @property
+    def generation_config(self):
+        return (self.frozen or self.model).generation_config
+
+    def __call__(self, *args, **kwargs):
+        if self.frozen is not None:
+            return self.frozen(*args, **kwargs)
+        with self.model.disable_adapter():
+            return self.model(*args, **kwargs)
+
+    def generate(self, *args, **kwargs):
+        if self.frozen is not None:
+            return self.frozen.generate(*args, **kwargs)
+        with self.model.disable_adapter():
+            return self.model.generate(*args, **kwargs)
 
 
 def finetune(model, tok, rules, prompts, out_dir, cfg: FinetuneConfig | None = None, *, resume: bool = False,
@@ -146,21 +161,22 @@ def finetune(model, tok, rules, prompts, out_dir, cfg: FinetuneConfig | None = N
 
     The model is changed in place (LoRA layers are merged into it); use the returned "model".
     `data` skips the sampling and uses the given examples (e.g. to train a baseline on the same data).
+    With `cfg.rounds` > 1, each later round samples the tuned model, adds its residual hits and the
+    phrases it newly over-uses, and trains again, tethered to the original base.
 
     Returns a summary dict (also written to out_dir/finetune.json): data statistics, the loss per
-    logged step, and the output paths."""
+    logged step, the validation checks, and the output paths."""
     torch = require("torch", "hf")
     require("accelerate", "hf")
     from accelerate import Accelerator
     from accelerate.utils import set_seed
-    from tqdm.auto import tqdm
 
     cfg = cfg or FinetuneConfig()
     cfg.check()
     rules = as_phrase_set(rules)
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    acc = Accelerator()
+    acc = Accelerator()  # bf16 is an autocast in the loop: accelerate's state is one per process
     set_seed(cfg.seed)
     model.to(acc.device)
     model.eval()
@@ -177,21 +193,23 @@ def finetune(model, tok, rules, prompts, out_dir, cfg: FinetuneConfig | None = N
             say(f"--resume: no {data_path} yet, starting from scratch")
             resume = False
         if acc.is_main_process:
-            data = build_data(model, tok, rules, prompts, n_samples=cfg.n_samples, temperature=cfg.temperature,
-                              max_new_tokens=cfg.max_new_tokens, seed=cfg.seed, top_k=cfg.top_k,
-                              max_per_pair=cfg.max_per_pair, retain_per_gen=cfg.retain_per_gen,
-                              batch_size=cfg.gen_batch_size, chat=cfg.chat, progress=progress,
-                              max_examples=cfg.max_examples)
+            data = _build(model, tok, rules, prompts, cfg, progress, reference=None)
             data.save(data_path)
         acc.wait_for_everyone()
         data = FinetuneData.load(data_path)
     data_s = time.perf_counter() - t0
     st = data.stats
-    say(f"Base samples: {st['hits']} hits in {st['generations']} generations -> {st['examples']} examples "
-        f"({st['examples_with_chosen']} with acceptable alternatives), {st['retain_positions']} retain positions")
+    say(f"Samples: {st['hits']} hits in {st['generations']} generations -> {st['examples']} examples "
+        f"({st['examples_with_chosen']} with acceptable alternatives, {st.get('decision_points_moved', 0)} decision "
+        f"points moved past word pieces), {st['retain_positions']} retain positions")
 
     lr = cfg.lr or (5e-5 if cfg.full else 1e-3)
+    frozen = None
     if cfg.full:
+        if cfg.rounds > 1:  # later rounds stay tethered to the original weights
+            import copy
+
+            frozen = copy.deepcopy(model).eval().requires_grad_(False)
         model.requires_grad_(True)
     else:
         require("peft", "finetune")
@@ -211,51 +229,91 @@ def finetune(model, tok, rules, prompts, out_dir, cfg: FinetuneConfig | None = N
         say(f"Resumed from {ck} (step {start} of {cfg.steps})")
     pad = tok.pad_token_id if tok.pad_token_id is not None else (tok.eos_token_id or 0)
     log = json.loads((out / "loss_log.json").read_text()) if ck is not None and (out / "loss_log.json").is_file() else []
-    model.train()
-    bar = tqdm(range(start, cfg.steps), desc="fine-tuning", disable=not progress or not acc.is_main_process,
-               initial=start, total=cfg.steps)
+    loop = _Loop(acc, model, opt, params, tok, pad, cfg, lr, out, say, progress)
+    val_prompts = [prompts[i] for i in data.stats.get("val_prompts", [])] or list(prompts)
+    # validation and early stopping run with one process (a stop on one process alone would leave
+    # the others waiting in their gradient all-reduce)
+    base_val = loop.validate(data, rules, val_prompts) if acc.num_processes == 1 and cfg.eval_every else {}
+    loop.base_nll = base_val.get("nll", float("nan"))
+    say(f"Validation before training: {_fmt(base_val)}")
+    rounds = []
     t1 = time.perf_counter()
-    for step in bar:
-        pref = _batch(data.preference, cfg.batch_size, cfg.seed, step, acc.process_index, acc.num_processes)
-        retain = _batch(data.retain, cfg.retain_batch_size, cfg.seed + 1, step, acc.process_index,
-                        acc.num_processes)
-        try:
-            loss, parts = _step_loss(model, pref, retain, pad, cfg.weights, acc.device)
-            opt.zero_grad(set_to_none=True)
-            acc.backward(loss)
-            acc.clip_grad_norm_(params, 1.0)
-            opt.step()
-        except RuntimeError as exc:
-            if "out of memory" in str(exc).lower():
-                raise CullError(f"ran out of memory at step {step} with batch size {cfg.batch_size} (+ "
-                                f"{cfg.retain_batch_size} retain sequences); pass --batch-size "
-                                f"{max(1, cfg.batch_size // 2)} and --retain-batch-size "
-                                f"{max(0, cfg.retain_batch_size // 2)}") from None
-            raise
-        parts["loss"] = float(loss.detach())
-        bar.set_postfix({k: f"{v:.3f}" for k, v in parts.items()})
-        if step % 10 == 0 or step == cfg.steps - 1:
-            log.append({"step": step, **parts})
-        if cfg.checkpoint_every and (step + 1) % cfg.checkpoint_every == 0 and step + 1 < cfg.steps:
-            acc.save_state(str(out / "checkpoints" / f"step-{step + 1}"))
-            if acc.is_main_process:
-                (out / "loss_log.json").write_text(json.dumps(log))
+    for rnd in range(cfg.rounds):
+        if rnd:
+            unwrapped = acc.unwrap_model(model)
+            reference = _Reference(unwrapped, frozen) if (frozen is not None or not cfg.full) else None
+            new = _next_round_data(unwrapped, tok, rules, prompts, cfg, progress, reference, rnd, say)
+            if new is None:
+                break
+            rules, extra = new
+            data.preference += extra.preference
+            data.val_preference += extra.val_preference
+            data.stats.setdefault("rounds", []).append(extra.stats)
+            start = 0
+        log, checks, stopped = loop.run(data, rules, val_prompts, start, log, rnd)
+        rounds.append({"round": rnd + 1, "checks": checks, "stopped_at": stopped, "phrases": [r.text for r in rules]})
     train_s = time.perf_counter() - t1
     acc.wait_for_everyone()
     model = acc.unwrap_model(model)
     model.eval()
     summary = {"out": str(out), "data": data.stats, "train_steps": cfg.steps, "lr": lr, "data_s": data_s,
-               "train_s": train_s, "log": log, "config": {**asdict(cfg), "weights": asdict(cfg.weights)}}
+               "train_s": train_s, "log": log, "validation_base": base_val, "rounds": rounds,
+               "config": {**asdict(cfg), "weights": asdict(cfg.weights)}}
     if acc.is_main_process:
         summary["saved"], model = save_model(model, tok, out, full=cfg.full, adapter_only=cfg.adapter_only,
-                                             base_path=base_path)
+                                             base_path=base_path, dtype=cfg.dtype)
         (out / "finetune.json").write_text(json.dumps(summary, indent=2, default=str))
         if not keep_checkpoints:
             shutil.rmtree(out / "checkpoints", ignore_errors=True)
     return {**summary, "model": model}
 
 
-def save_model(model, tok, out: Path, *, full: bool, adapter_only: bool, base_path: str | None):
+def _fmt(v: dict) -> str:
+    return ", ".join(f"{k} {x:.4g}" if isinstance(x, float) else f"{k} {x}" for k, x in v.items()) or "(nothing to check)"
+
+
+def _build(model, tok, rules, prompts, cfg, progress, reference, gens=None, with_retain=True):
+    return build_data(model, tok, rules, prompts, n_samples=cfg.n_samples, temperature=cfg.temperature,
+                      max_new_tokens=cfg.max_new_tokens, seed=cfg.seed, top_k=cfg.top_k,
+                      max_per_pair=cfg.max_per_pair, retain_per_gen=cfg.retain_per_gen,
+                      batch_size=cfg.gen_batch_size, chat=cfg.chat, progress=progress,
+                      max_examples=cfg.max_examples, reference=reference, commit_prob=cfg.commit_prob,
+                      val_fraction=cfg.val_fraction, gens=gens, with_retain=with_retain)
+
+
+def _next_round_data(model, tok, rules, prompts, cfg, progress, reference, rnd, say):
+    """Sample the tuned model; its residual hits and newly over-used phrases become more examples."""
+    from ..discover import candidate_rules, newly_overused
+    from ..evaluate import generate
+    from ..rules import PhraseSet
+
+    model.eval()
+    gens = generate(model, tok, prompts, n_samples=cfg.n_samples, temperature=cfg.temperature,
+                    max_new_tokens=cfg.max_new_tokens, seed=cfg.seed + 1000 * rnd, batch_size=cfg.gen_batch_size,
+                    chat=cfg.chat, progress=progress, desc=f"round {rnd + 1}: sampling the tuned model")
+    base_gens = generate(reference, tok, prompts, n_samples=cfg.n_samples, temperature=cfg.temperature,
+                         max_new_tokens=cfg.max_new_tokens, seed=cfg.seed + 1000 * rnd,
+                         batch_size=cfg.gen_batch_size, chat=cfg.chat, progress=progress,
+                         desc=f"round {rnd + 1}: sampling the base") if cfg.new_phrases else []
+    added = []
+    if cfg.new_phrases:
+        known = {r.text.lower() for r in rules}
+        added = [p for p in newly_overused([g.text for g in gens], [g.text for g in base_gens], candidate_rules())
+                 if p.lower() not in known][:cfg.new_phrases]
+    rules2 = PhraseSet(list(rules) + list(PhraseSet(added))) if added else rules
+    say(f"Round {rnd + 1}: newly over-used phrases added: {', '.join(added) or 'none'}")
+    try:
+        extra = _build(model, tok, rules2, prompts, cfg, progress, reference=reference, gens=gens, with_retain=False)
+    except CullError:
+        say(f"Round {rnd + 1}: the tuned model wrote none of the phrases in its samples; stopping the rounds")
+        return None
+    extra.stats["added_phrases"] = added
+    say(f"Round {rnd + 1}: {extra.stats['hits']} residual hits -> {len(extra.preference)} more examples")
+    return rules2, extra
+
+
+def save_model(model, tok, out: Path, *, full: bool, adapter_only: bool, base_path: str | None,
+               dtype: str = "fp32"):
     """Write a merged model (or, with adapter_only, the LoRA adapter) that `from_pretrained` loads.
     Returns ("merged" or "adapter", the model to use from now on)."""
     if adapter_only and not full:
@@ -267,6 +325,10 @@ def save_model(model, tok, out: Path, *, full: bool, adapter_only: bool, base_pa
     merged = model if full else model.merge_and_unload()
     if hasattr(merged.config, "quantization_config"):  # loaded from a GGUF: save it as a plain model
         del merged.config.quantization_config
+    if dtype == "bf16":
+        import torch
+
+        merged = merged.to(torch.bfloat16)
     merged.save_pretrained(out)
     tok.save_pretrained(out)
     return "merged", merged

@@ -1,0 +1,124 @@
+"""The optimisation loop of one round: warm-up and cosine decay, checkpoints, and early stopping on
+the validation checks (see `steps.validate` and `steps.checkpoint_score`).
+
+Every `eval_every` steps the loop measures the held-out win rate, the held-out perplexity of clean
+samples and (with `val_samples`) the phrase hits in fresh samples of the validation prompts. It
+keeps the best checkpoint so far (fewest hits within the perplexity budget, then lowest held-out
+p(rejected), then highest win rate) and stops when the win rate reaches `stop_win` and the mean
+held-out p(rejected) is at most `stop_p_rejected` with no validation hits, when the perplexity rise
+passes twice the budget, or after `patience` checks with no better checkpoint. The best checkpoint's
+weights are restored at the end of the round. With several processes (accelerate launch) the checks
+are off: a stop decided on one process would leave the others waiting in their all-reduce.
+"""
+from __future__ import annotations
+
+import json
+import math
+
+from ..errors import CullError
+from .steps import NAT_TAG, batch_of, checkpoint_score, nat_sequences, step_loss, validate
+
+
+class _Loop:
+    def __init__(self, acc, model, opt, params, tok, pad, cfg, lr, out, say, progress):
+        self.acc, self.model, self.opt, self.params = acc, model, opt, params
+        self.tok, self.pad, self.cfg, self.lr, self.out, self.say, self.progress = tok, pad, cfg, lr, out, say, progress
+        self.base_nll = float("nan")
+
+    def validate(self, data, rules, val_prompts) -> dict:
+        cfg = self.cfg
+        examples = data.val_preference or data.preference
+        retain = data.val_retain or data.retain[:max(1, len(data.retain) // 8)]
+        m = self.model
+        was = m.training
+        m.eval()
+        v = validate(m, self.tok, [e for e in examples if e.chosen][:64], retain[:32], self.pad, self.acc.device,
+                     rules=rules, prompts=val_prompts, n_samples=cfg.val_samples,
+                     max_new_tokens=min(cfg.max_new_tokens, 64), seed=cfg.seed + 7, chat=cfg.chat,
+                     batch_size=min(cfg.gen_batch_size, 16))
+        if was:
+            m.train()
+        if math.isfinite(self.base_nll) and "nll" in v:
+            v["ppl_rise"] = math.exp(v["nll"] - self.base_nll) - 1
+        return v
+
+    def _trainable_state(self):
+        return {n: p.detach().clone() for n, p in self.model.named_parameters() if p.requires_grad}
+
+    def _restore(self, state):
+        import torch
+
+        with torch.no_grad():
+            for n, p in self.model.named_parameters():
+                if n in state:
+                    p.copy_(state[n])
+
+    def run(self, data, rules, val_prompts, start, log, rnd):
+        import torch
+        from tqdm.auto import tqdm
+
+        cfg, acc = self.cfg, self.acc
+        from .train import lr_factor, method_weights
+
+        weights = method_weights(cfg)
+        nat = None
+        if cfg.method == "nat":
+            tag = self.tok(NAT_TAG, add_special_tokens=False)["input_ids"]
+            nat = nat_sequences(data, tag, self.tok.bos_token_id)
+        checks, best, best_state, stale, stopped = [], None, None, 0, None
+        self.model.train()
+        bar = tqdm(range(start, cfg.steps), desc=f"fine-tuning (round {rnd + 1})",
+                   disable=not self.progress or not acc.is_main_process, initial=start, total=cfg.steps)
+        for step in bar:
+            for g in self.opt.param_groups:
+                g["lr"] = self.lr * lr_factor(step, cfg.steps, cfg.warmup, cfg.min_lr)
+            seed = cfg.seed + 7919 * rnd
+            pref = batch_of(data.preference, cfg.batch_size, seed, step, acc.process_index, acc.num_processes)
+            retain = batch_of(data.retain, cfg.retain_batch_size, seed + 1, step, acc.process_index,
+                              acc.num_processes)
+            nat_batch = batch_of(nat, cfg.batch_size, seed + 2, step, acc.process_index, acc.num_processes) \
+                if nat is not None else None
+            try:
+                with torch.autocast(acc.device.type, dtype=torch.bfloat16, enabled=cfg.dtype == "bf16"):
+                    loss, parts = step_loss(self.model, pref, retain, self.pad, weights, acc.device,
+                                            method=cfg.method, nat=nat_batch)
+                self.opt.zero_grad(set_to_none=True)
+                acc.backward(loss)
+                acc.clip_grad_norm_(self.params, 1.0)
+                self.opt.step()
+            except RuntimeError as exc:
+                if "out of memory" in str(exc).lower():
+                    raise CullError(f"ran out of memory at step {step} with batch size {cfg.batch_size} (+ "
+                                    f"{cfg.retain_batch_size} retain sequences); pass --batch-size "
+                                    f"{max(1, cfg.batch_size // 2)} and --retain-batch-size "
+                                    f"{max(0, cfg.retain_batch_size // 2)}") from None
+                raise
+            parts["loss"] = float(loss.detach())
+            bar.set_postfix({k: f"{v:.3f}" for k, v in parts.items()})
+            if step % 10 == 0 or step == cfg.steps - 1:
+                log.append({"round": rnd + 1, "step": step, "lr": self.opt.param_groups[0]["lr"], **parts})
+            if cfg.checkpoint_every and (step + 1) % cfg.checkpoint_every == 0 and step + 1 < cfg.steps:
+                acc.save_state(str(self.out / "checkpoints" / f"step-{step + 1}"))
+                if acc.is_main_process:
+                    (self.out / "loss_log.json").write_text(json.dumps(log))
+            if cfg.eval_every and ((step + 1) % cfg.eval_every == 0 or step + 1 == cfg.steps) and acc.num_processes == 1:
+                v = {"step": step + 1, **self.validate(data, rules, val_prompts)}
+                checks.append(v)
+                self.say(f"Validation at step {step + 1}: {json.dumps({k: round(x, 4) if isinstance(x, float) else x for k, x in v.items()})}")
+                score = checkpoint_score(v, self.base_nll, cfg.max_ppl_rise)
+                if best is None or score < best:
+                    best, best_state, stale = score, self._trainable_state(), 0
+                    v["best"] = True
+                else:
+                    stale += 1
+                if (v.get("win_rate", 0) >= cfg.stop_win and v.get("p_rejected", 0) <= cfg.stop_p_rejected
+                        and v.get("hits", 0) == 0 and score[0] == 0) \
+                        or v.get("ppl_rise", 0) > 2 * cfg.max_ppl_rise or stale >= cfg.patience:
+                    stopped = step + 1
+                    self.say(f"Early stop at step {step + 1}")
+                    break
+        bar.close()
+        if best_state is not None and acc.num_processes == 1:
+            self._restore(best_state)
+            self.say(f"Kept the checkpoint of step {next(c['step'] for c in checks if c.get('best') and checkpoint_score(c, self.base_nll, cfg.max_ppl_rise) == best)}")
+        return log, checks, stopped
