@@ -80,7 +80,7 @@ class CompiledMatcher:
         if hit is None:
             raw = self.token_bytes[token]
             hit = transduce(raw, cls, self.fold) if raw else (b"", cls)
-            if len(self._sym_cache) < 1_000_000:
+            if len(self._sym_cache) < 65_536:  # bounded: a server holds hundreds of matchers
                 self._sym_cache[key] = hit
         for s in hit[0]:
             node = self._step(node, s)
