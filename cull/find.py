@@ -53,7 +53,7 @@ def find(text: str, rules: "PhraseSet | Sequence[str]") -> list[Match]:
     found: list[Match] = []
     for rule in rules.rules:
         if rule.regex is not None:
-            found.extend(_regex_matches(text, rule, opts))
+            found.extend(_regex_matches(text, rule, rules.options))
             continue
         pat = phrase_units(rule.phrase, fold)
         if not pat:

@@ -2,8 +2,8 @@
 
 Each case runs in a fresh subprocess, as a user would meet it: the CLI (`cull scan`, `cull generate`).
 The subprocess reports the command's wall time, counted after the imports (importing torch alone
-takes 3-9 s on the shared CI machine, whatever the input), and its peak RSS (ru_maxrss, which
-includes torch)."""
+takes 3-9 s on the shared CI machine, whatever the input), and its peak RSS (VmHWM, which
+includes torch; ru_maxrss is not used where VmHWM exists, as it can carry the parent's peak)."""
 import json
 import os
 import subprocess
@@ -31,8 +31,13 @@ _RUN = textwrap.dedent(r"""
     err = io.StringIO()
     with contextlib.redirect_stderr(err):
         rc = main(sys.argv[1:])
-    print("RESULT " + json.dumps({"rc": rc, "stderr": err.getvalue(), "seconds": time.perf_counter() - t0,
-                                  "maxrss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}))
+    seconds = time.perf_counter() - t0
+    try:  # this process's own peak (ru_maxrss can carry the forking parent's peak over exec)
+        hwm = [l for l in open("/proc/self/status") if l.startswith("VmHWM:")][0].split()[1]
+        peak_mib = int(hwm) / 1024
+    except (OSError, IndexError):
+        peak_mib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    print("RESULT " + json.dumps({"rc": rc, "stderr": err.getvalue(), "seconds": seconds, "maxrss_mib": peak_mib}))
 """)
 
 
