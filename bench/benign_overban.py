@@ -19,7 +19,7 @@ import importlib.metadata as md
 import re
 
 import cull
-from cull.scan import prefiltered
+from cull.measure.scan import prefiltered
 
 from .common import data_dir, write_results
 

@@ -17,9 +17,9 @@ from pathlib import Path
 import torch
 
 import cull
-from cull import compile_cache
+from cull.compile import cache as compile_cache
 from bench.common import data_dir, interleaved_medians, markdown_table, median_time, plot_lines, write_results
-from cull.compile_cache import as_vocab
+from cull.compile.cache import as_vocab
 from cull.kernels import apply_rules
 
 TEXTS = ["It is a testament to the", "She let out a breath she didn't know she was", "The rich tapestry of",

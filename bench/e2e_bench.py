@@ -57,7 +57,7 @@ def load(args):
     if args.quick:
         folder = data_dir() / "models" / "stories260K"
         return AutoModelForCausalLM.from_pretrained(folder), AutoTokenizer.from_pretrained(folder), "stories260K"
-    from cull.models import load_model
+    from cull.measure.models import load_model
 
     model, tok = load_model(None)
     return model, tok, "SmolLM2-135M-Instruct"

@@ -58,7 +58,7 @@ def train_method(name, base, tok, rules, prompts, data, base_path, args, say):
 
 def processor_events(m, tok, rules, prompts, args):
     import cull
-    from cull.evaluate import BanCounter, generate
+    from cull.measure.evaluate import BanCounter, generate
 
     counter = BanCounter(cull.CullLogitsProcessor(rules, tok, vocab_size=m.config.vocab_size))
     g = generate(m, tok, prompts, do_sample=False, max_new_tokens=args.max_new_tokens, batch_size=args.gen_batch_size,
@@ -67,7 +67,7 @@ def processor_events(m, tok, rules, prompts, args):
 
 
 def run(args) -> dict:
-    from cull.evaluate import evaluate, plot_per_phrase, public
+    from cull.measure.evaluate import evaluate, plot_per_phrase, public
 
     say = timer()
     t0 = time.perf_counter()

@@ -42,13 +42,13 @@ def quick_defaults(args, data_dir):
 def setup(args, say):
     """(base, tok, base_path, rules, train prompts, held-out prompts, discovered, data)."""
     import cull
-    from cull.evaluate import Generation, generate, load_prompts
+    from cull.measure.evaluate import Generation, generate, load_prompts
     from cull.finetune import FinetuneData, build_data
-    from cull.finetune.train import load_model_for_finetune
-    from cull.models import set_threads
+    from cull.measure.models import load_model_with_base
+    from cull.measure.models import set_threads
 
     say(f"threads: {set_threads(args.threads)}")
-    base, tok, base_path = load_model_for_finetune(args.model, say=say)
+    base, tok, base_path = load_model_with_base(args.model, say=say)
     train_prompts = load_prompts(args.train_prompts) if args.train_prompts else [""]  # "": BOS only
     held_prompts = load_prompts(args.heldout_prompts) if args.heldout_prompts else [""]
     work = Path(args.work_dir)
@@ -66,7 +66,7 @@ def setup(args, say):
     if args.phrases:
         rules = cull.PhraseSet(args.phrases)
     else:
-        from cull.discover import candidate_rules, discover
+        from cull.measure.discover import candidate_rules, discover
 
         discovered = discover([g.text for g in gens], candidate_rules(), top=args.top, min_count=args.min_count)["known"]
         rules = cull.PhraseSet([k["phrase"] for k in discovered])
@@ -90,7 +90,7 @@ def eval_kwargs(args):
 def human(args, tok):
     if args.no_human_text:
         return None
-    from cull.human_text import human_corpus
+    from cull.measure.human_text import human_corpus
 
     return human_corpus(args.human_tokens, tokenizer=tok)
 

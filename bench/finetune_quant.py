@@ -69,15 +69,15 @@ def quantized(model):
 
 def run(args) -> dict:
     import cull
-    from cull.evaluate import evaluate, load_prompts
-    from cull.finetune.train import load_model_for_finetune
-    from cull.models import set_threads
+    from cull.measure.evaluate import evaluate, load_prompts
+    from cull.measure.models import load_model_with_base
+    from cull.measure.models import set_threads
 
     say = timer()
     t0 = time.perf_counter()
     set_threads(args.threads)
-    base, tok, _ = load_model_for_finetune(args.base, say=say)
-    tuned = load_model_for_finetune(args.model, say=say)[0]
+    base, tok, _ = load_model_with_base(args.base, say=say)
+    tuned = load_model_with_base(args.model, say=say)[0]
     rules = cull.PhraseSet(args.phrases)
     prompts = load_prompts(args.prompts) if args.prompts else [""]
     ev = dict(n_samples=args.n_samples, max_new_tokens=args.max_new_tokens, seed=args.seed, batch_size=args.batch_size,

@@ -97,7 +97,7 @@ def plot(rows, path, title):
 
 
 def run(args) -> dict:
-    from cull.evaluate import evaluate
+    from cull.measure.evaluate import evaluate
     from cull.finetune import FinetuneConfig, LossWeights, finetune
 
     say = timer()

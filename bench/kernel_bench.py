@@ -189,7 +189,7 @@ def plot_rows(path, rows, V, gpu):
 
 def device_memory_row(matcher, set_name, n_phrases) -> dict:
     """GPU memory the compiled list takes: the kernels' tables and the on-device stepping tables."""
-    from cull.device_state import DeviceRowStates
+    from cull.decode.device_rows import DeviceRowStates
 
     torch.cuda.synchronize()
     before = torch.cuda.memory_allocated()

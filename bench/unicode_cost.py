@@ -46,8 +46,8 @@ def main(argv=None) -> int:
     from transformers import AutoTokenizer
 
     import cull
-    from cull import compile_cache
-    from cull.compile_cache import as_vocab
+    from cull.compile import cache as compile_cache
+    from cull.compile.cache import as_vocab
     from cull.kernels import apply_rules
 
     data = Path(__import__("os").environ.get("CULL_DATA_DIR", "../shared/data"))

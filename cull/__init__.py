@@ -5,11 +5,11 @@
     proc = cull.CullLogitsProcessor(rules, tokenizer)
     model.generate(**inputs, logits_processor=[proc])
 """
-from .errors import CullError, MissingExtraError, RuleError
-from .find import Match, find
-from .rules import BAN, BIAS, Options, PhraseSet, Rule
+from cull.errors import CullError, MissingExtraError, RuleError
+from cull.rules.find import Match, find
+from cull.rules import BAN, BIAS, Options, PhraseSet, Rule
 
-__version__ = "0.1.0"
+from cull.version import __version__
 
 __all__ = [
     "BAN", "BIAS", "CullError", "Match", "MissingExtraError", "Options", "PhraseSet", "Rule",
@@ -17,10 +17,10 @@ __all__ = [
 ]
 
 _LAZY = {  # imported on first use, so `cull --help` does not wait for torch
-    "compile_rules": ".compile_cache",
-    "CompiledMatcher": ".compiled",
-    "CullLogitsProcessor": ".processor",
-    "token_sequence_processor": ".processor",
+    "compile_rules": "cull.compile.cache",
+    "CompiledMatcher": "cull.compile.matcher",
+    "CullLogitsProcessor": "cull.decode.processor",
+    "token_sequence_processor": "cull.decode.processor",
 }
 __all__ += list(_LAZY)
 
@@ -29,7 +29,7 @@ def __getattr__(name):
     if name in _LAZY:
         import importlib
 
-        value = getattr(importlib.import_module(_LAZY[name], __name__), name)
+        value = getattr(importlib.import_module(_LAZY[name]), name)
         globals()[name] = value
         return value
     raise AttributeError(f"module 'cull' has no attribute {name!r}")

@@ -13,12 +13,12 @@ from __future__ import annotations
 BACKENDS = ("auto", "torch", "triton", "reference")
 
 
-def _triton_available() -> bool:
+def triton_available() -> bool:
     try:
         import triton  # noqa: F401
     except ImportError:
         return False
-    from . import triton_backend  # noqa: F401
+    from cull.kernels import triton_backend  # noqa: F401
 
     return triton_backend.AVAILABLE
 
@@ -29,7 +29,7 @@ def resolve_backend(backend: str, device) -> str:
 
         raise CullError(f"unknown backend {backend!r}; choose one of {', '.join(BACKENDS)}")
     if backend == "auto":
-        return "triton" if getattr(device, "type", str(device)) == "cuda" and _triton_available() else "torch"
+        return "triton" if getattr(device, "type", str(device)) == "cuda" and triton_available() else "torch"
     return backend
 
 
@@ -37,12 +37,12 @@ def apply_rules(logits, nodes, classes, tables, backend: str = "auto"):
     """Write -inf (ban) or add the delta (bias) to every token that would complete a match."""
     backend = resolve_backend(backend, logits.device)
     if backend == "torch":
-        from .torch_backend import apply_rules_torch as fn
+        from cull.kernels.torch_backend import apply_rules_torch as fn
     elif backend == "triton":
-        from .triton_backend import apply_rules_triton as fn
+        from cull.kernels.triton_backend import apply_rules_triton as fn
     else:
-        from .reference import apply_rules_reference as fn
-    pending = tables.get("pending")  # rows inside a character split across tokens: cull/pending.py
+        from cull.kernels.reference import apply_rules_reference as fn
+    pending = tables.get("pending")  # rows inside a character split across tokens: cull/compile/pending.py
     if pending is not None:
         return pending.apply(logits, nodes, classes, fn, tables)
     return fn(logits, nodes, classes, tables)

@@ -23,7 +23,7 @@ try:
     import triton
     import triton.language as tl
 
-    from .triton_step import row_state
+    from cull.kernels.triton_step import row_state
 
     AVAILABLE = True
 except ImportError:  # pragma: no cover - the dispatcher falls back to torch

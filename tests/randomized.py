@@ -8,7 +8,7 @@ import torch
 
 import cull
 from cull.kernels import apply_rules
-from cull.vocab import vocab_from_token_bytes
+from cull.compile.vocab import vocab_from_token_bytes
 
 CHARS = ["a", "b", "c", "A", "B", " ", "  ", "\n", ",", "'", "’", "é", "É", "—", "_", "1", "ʼ", "ж", "Ж"]
 # disguises and the characters they need: zero-width space, NBSP, ideographic space, fullwidth and

@@ -84,7 +84,7 @@ def setup(name):
     else:
         tok = AutoTokenizer.from_pretrained(need_data(*where))
     proc = cull.CullLogitsProcessor(PHRASES, tok, cache=False)
-    vocab = __import__("cull.compile_cache", fromlist=["as_vocab"]).as_vocab(tok)
+    vocab = __import__("cull.compile.cache", fromlist=["as_vocab"]).as_vocab(tok)
     by_bytes = {}
     for i, b in enumerate(vocab.token_bytes):
         if b and i not in vocab.special_ids:

@@ -7,7 +7,7 @@ import pytest
 import torch
 
 import cull
-from cull.backtrack import generate_backtracking
+from cull.decode.backtrack import generate_backtracking
 from conftest import need_data
 
 
@@ -77,7 +77,7 @@ def test_rewound_cache_gives_the_same_logits_as_a_fresh_pass(stories):
     """After a rewind, the model continues from exactly the kept prefix (no stale cache entries)."""
     from transformers import DynamicCache
 
-    from cull.backtrack import _crop
+    from cull.decode.backtrack import _crop
 
     model, tok = stories
     ids = torch.tensor([[tok.bos_token_id] + tok.encode("Once upon a time there was", add_special_tokens=False)])

@@ -219,7 +219,7 @@ def test_wordpiece_tokenizer_cannot_be_mapped():
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers
     from transformers import PreTrainedTokenizerFast
 
-    from cull.vocab import VocabError
+    from cull.compile.vocab import VocabError
 
     vocab = {"[UNK]": 0, "[CLS]": 1, "[SEP]": 2, "hello": 3, "world": 4, "##s": 5, "del": 6, "##ve": 7}
     tk = Tokenizer(models.WordPiece(vocab, unk_token="[UNK]"))
@@ -236,7 +236,7 @@ def test_wordpiece_tokenizer_cannot_be_mapped():
 
 
 def test_slow_tokenizer_object_is_refused():
-    from cull.vocab import VocabError
+    from cull.compile.vocab import VocabError
 
     class NotATokenizer:
         pass
@@ -414,7 +414,7 @@ def test_poison_payload_is_live(tmp_path):
 
 def _small_vocab():
     """256 single bytes, a few words and one special token: compiles in milliseconds."""
-    from cull.vocab import vocab_from_token_bytes
+    from cull.compile.vocab import vocab_from_token_bytes
 
     words = [b" delve", b" tapestry", b" of", b" rich", b"It", b" was", b" a"]
     tb = [bytes([i]) for i in range(256)] + words + [b""]
@@ -429,7 +429,7 @@ def _tid(vocab, piece: bytes) -> int:
 def test_cache_never_unpickles(tmp_path, monkeypatch, key):
     import torch
 
-    from cull.compiled import CompiledMatcher
+    from cull.compile.matcher import CompiledMatcher
 
     vocab = _small_vocab()
     cache = tmp_path / "cache"

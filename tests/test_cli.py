@@ -9,9 +9,9 @@ import pytest
 from conftest import need_data
 
 from cull import PhraseSet, find
-from cull.cli import main
-from cull import models
-from cull.scan import prefiltered, scan_texts
+from cull.cli.main import main
+from cull.measure import models
+from cull.measure.scan import prefiltered, scan_texts
 
 SUBCOMMANDS = ("demo", "generate", "compile", "scan", "bench", "finetune", "eval", "discover")
 
@@ -90,7 +90,7 @@ def _prompts(tmp_path):
 
 
 def test_recurring_ngrams_keep_widespread_phrases_only():
-    from cull.discover import discover
+    from cull.measure.discover import discover
 
     texts = [f"Story {i}: the sun rose over the hills, and the old man smiled." for i in range(5)] + ["Other text."]
     res = discover(texts, PhraseSet(["old man", "never here"]), top=10, min_count=2)
@@ -102,7 +102,7 @@ def test_recurring_ngrams_keep_widespread_phrases_only():
 
 def test_process_exit_code_and_no_traceback(tmp_path):
     """Through a real process: exit status 2, one line on stderr."""
-    proc = subprocess.run([sys.executable, "-m", "cull.cli", "generate", "--model", str(tmp_path / "nope"),
+    proc = subprocess.run([sys.executable, "-m", "cull.cli.main", "generate", "--model", str(tmp_path / "nope"),
                            "--prompt", "x"], capture_output=True, text=True, timeout=120)
     assert_one_line_error(proc.returncode, proc.stderr, "not found", str(tmp_path / "nope"))
 

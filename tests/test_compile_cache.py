@@ -11,8 +11,8 @@ import numpy as np
 import pytest
 
 import cull
-from cull.compile_cache import prune_cache
-from cull.vocab import vocab_from_token_bytes
+from cull.compile.cache import prune_cache
+from cull.compile.vocab import vocab_from_token_bytes
 
 TOKENS = [t.encode() for t in ["a", "b", "c", "d", " ", "ab", "cd", " a", " b", " c", "abc", "dd"]]
 REPO = Path(__file__).resolve().parents[1]
@@ -108,7 +108,7 @@ def test_prune_ignores_vanished_files_and_clears_stale_temporaries(tmp_path):
 
 _WORKER = """
 import sys, cull
-from cull.vocab import vocab_from_token_bytes
+from cull.compile.vocab import vocab_from_token_bytes
 toks = [t.encode() for t in {tokens!r}]
 vocab = vocab_from_token_bytes(toks)
 for i in range(25):

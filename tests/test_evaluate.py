@@ -8,7 +8,7 @@ import pytest
 import cull
 from conftest import need_data
 from cull.errors import CullError
-from cull.evaluate import (Generation, bootstrap_ci, distinct_n, evaluate, hit_stats, load_prompts,
+from cull.measure.evaluate import (Generation, bootstrap_ci, distinct_n, evaluate, hit_stats, load_prompts,
                            over_represented)
 
 PHRASE = "Once upon a time"
@@ -97,7 +97,7 @@ def test_evaluate_end_to_end(stories, tmp_path):
 
 
 def test_processor_on_and_kl_against_itself_is_zero(stories):
-    from cull.evaluate import BanCounter, mean_kl
+    from cull.measure.evaluate import BanCounter, mean_kl
 
     _, model, tok = stories
     counter = BanCounter(cull.CullLogitsProcessor([PHRASE], tok))
@@ -108,7 +108,7 @@ def test_processor_on_and_kl_against_itself_is_zero(stories):
 
 
 def test_eval_command(stories, tmp_path, capsys):
-    from cull.evaluate import add_eval_parser
+    from cull.cli.eval import add_parser as add_eval_parser
 
     path, _, _ = stories
     (tmp_path / "p.json").write_text('[""]')
@@ -149,7 +149,7 @@ def _gens(spec):
 
 
 def test_clustered_ci_is_wider_than_per_generation_when_one_prompt_holds_the_hits():
-    from cull.text_stats import bootstrap_ci
+    from cull.measure.text_stats import bootstrap_ci
 
     rules = cull.PhraseSet(["delve"])
     spec = [(0, "we delve deep into it now")] * 8 + [(p, "plain words with nothing in them") for p in range(1, 9)
@@ -163,7 +163,7 @@ def test_clustered_ci_is_wider_than_per_generation_when_one_prompt_holds_the_hit
 
 
 def test_paired_reduction():
-    from cull.text_stats import compare_hits
+    from cull.measure.text_stats import compare_hits
 
     rules = cull.PhraseSet(["delve"])
     ref = hit_stats(_gens([(p, "we delve here and delve there") for p in range(10)]), rules)
@@ -179,7 +179,7 @@ def test_paired_reduction():
 
 
 def test_loops_and_the_noise_floor():
-    from cull.text_stats import loop_stats, loops
+    from cull.measure.text_stats import loop_stats, loops
 
     assert loops("I am here now. I am here now. I am here now.")
     assert not loops("The cat sat on the mat and looked at the bird in the tree.")
@@ -192,7 +192,7 @@ def test_loops_and_the_noise_floor():
 
 
 def test_perplexity_ci_and_paired_change(stories):
-    from cull.evaluate import perplexity, perplexity_change
+    from cull.measure.evaluate import perplexity, perplexity_change
 
     _, model, tok = stories
     texts = ["One day, a little girl named Lily went to the park.", "Tom liked to play with his red ball.",
@@ -205,7 +205,7 @@ def test_perplexity_ci_and_paired_change(stories):
 
 
 def test_human_text_reads_prose_and_names_the_package(tmp_path, monkeypatch):
-    from cull.human_text import human_corpus, prose_paragraphs
+    from cull.measure.human_text import human_corpus, prose_paragraphs
 
     words = " ".join(f"word{i}" for i in range(40))
     text = (f"   A {{hacker}} is a person who enjoys {words}.\n   Second line of it.\n\n"
@@ -223,7 +223,7 @@ def test_human_text_reads_prose_and_names_the_package(tmp_path, monkeypatch):
 
 
 def test_reference_is_measured_without_the_processor(stories):
-    from cull.evaluate import BanCounter
+    from cull.measure.evaluate import BanCounter
 
     _, model, tok = stories
     counter = BanCounter(cull.CullLogitsProcessor([PHRASE], tok))

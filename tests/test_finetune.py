@@ -85,7 +85,7 @@ def stories():
 
 
 def test_hit_maps_to_the_token_that_wrote_its_first_character(stories):
-    from cull.evaluate import Generation
+    from cull.measure.evaluate import Generation
 
     _, _, tok = stories
     text = "The sun was up. Once upon a time, there was a cat."
@@ -155,7 +155,7 @@ def test_batched_step_loss_equals_unpadded_forwards(stories):
 
 
 def test_finetune_command_errors(tmp_path, stories):
-    from cull.finetune import add_finetune_parser
+    from cull.cli.finetune import add_parser as add_finetune_parser
 
     path, _, _ = stories
     import argparse
@@ -200,10 +200,10 @@ def test_batch_size_is_bounded():
 
 
 def test_missing_model_path(tmp_path):
-    from cull.finetune.train import load_model_for_finetune
+    from cull.measure.models import load_model_with_base
 
     with pytest.raises(CullError, match="not found"):
-        load_model_for_finetune(str(tmp_path / "nope"))
+        load_model_with_base(str(tmp_path / "nope"))
 
 
 # ---- v2: clipping, gating, tether, decision points, storage, schedule ----
@@ -244,7 +244,7 @@ def test_tether_ignores_targets_and_common_shifts():
 
 
 def test_decision_point_moves_past_function_words_and_word_pieces(stories):
-    from cull.evaluate import Generation
+    from cull.measure.evaluate import Generation
     from cull.finetune.data import decision_token, match_spans
 
     _, _, tok = stories
@@ -263,7 +263,7 @@ def test_decision_point_moves_past_function_words_and_word_pieces(stories):
 
 
 def test_sample_token_logp_equals_unpadded_forwards(stories):
-    from cull.evaluate import Generation
+    from cull.measure.evaluate import Generation
     from cull.finetune.examples import sample_token_logp
 
     _, model, tok = stories
@@ -296,7 +296,7 @@ def test_data_round_trip_keeps_arrays(tmp_path):
 
 def test_schedule_and_checkpoint_choice():
     from cull.finetune.steps import checkpoint_score
-    from cull.finetune.train import lr_factor
+    from cull.finetune.loop import lr_factor
 
     f = [lr_factor(s, 100, 0.1, 0.1) for s in range(100)]
     assert f[0] == pytest.approx(0.1) and f[9] == pytest.approx(1.0) and f[10] == pytest.approx(1.0)
@@ -309,7 +309,7 @@ def test_schedule_and_checkpoint_choice():
 
 
 def test_newly_overused():
-    from cull.discover import newly_overused
+    from cull.measure.discover import newly_overused
 
     cands = cull.PhraseSet(["a reflection of", "tapestry"])
     tuned = ["it was a reflection of her"] * 5 + ["a tapestry"]
@@ -319,7 +319,7 @@ def test_newly_overused():
 
 # ---- acceptance: fine-tune "Once upon a time" away on stories260K ----
 def _rate(model, tok, n=64, seed=1234):
-    from cull.evaluate import generate, hit_stats
+    from cull.measure.evaluate import generate, hit_stats
 
     gens = generate(model, tok, [""], n_samples=n, temperature=0.8, max_new_tokens=10, seed=seed,
                     batch_size=n, progress=False)
@@ -331,7 +331,7 @@ def test_finetune_removes_once_upon_a_time(tmp_path, full):
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     from cull.finetune import FinetuneConfig, finetune
-    from cull.evaluate import perplexity
+    from cull.measure.evaluate import perplexity
 
     t0 = time.perf_counter()
     path = need_data("models", "stories260K")
@@ -458,12 +458,12 @@ def test_smollm2_finetune_runs_and_loads(tmp_path):
     """The real model: a short fine-tune on a few prompts writes a merged model that loads."""
     from transformers import AutoModelForCausalLM
 
-    from cull.evaluate import load_prompts
+    from cull.measure.evaluate import load_prompts
     from cull.finetune import FinetuneConfig, finetune
-    from cull.finetune.train import load_model_for_finetune
+    from cull.measure.models import load_model_with_base
 
     need_data("models", "smollm2-135m-instruct")
-    model, tok, base = load_model_for_finetune(None, say=lambda m: None)
+    model, tok, base = load_model_with_base(None, say=lambda m: None)
     prompts = load_prompts("train")[30:34]  # descriptions: "vibrant", "testament" and friends
     rules = cull.PhraseSet(["vibrant", "a testament to", "tapestry", "whisper*", "symphony"])
     cfg = FinetuneConfig(steps=4, n_samples=2, max_new_tokens=64, batch_size=2, retain_batch_size=1)

@@ -22,10 +22,10 @@ def need_cuda():
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16])
 @pytest.mark.parametrize("dense_always", [False, True])
 def test_triton_on_cuda_matches_reference(seed, dtype, dense_always, monkeypatch):
-    import cull.token_lists
+    import cull.compile.kernel_lists
     from cull.kernels import apply_rules
 
-    monkeypatch.setattr(cull.token_lists, "DENSE_ALWAYS_MIN", 1 if dense_always else 10**9)
+    monkeypatch.setattr(cull.compile.kernel_lists, "DENSE_ALWAYS_MIN", 1 if dense_always else 10**9)
 
     rng = random.Random(seed)
     vocab, tb, special, rules, matcher = build(rng, 80, rng.randint(1, 8), bias=seed % 2 == 1)

@@ -24,7 +24,7 @@ LIMIT_MIB = 500.0
 
 _RUN = textwrap.dedent(r"""
     import json, resource, sys, time
-    from cull.cli import build_parser, main
+    from cull.cli.main import build_parser, main
     build_parser()  # imports what every command imports (torch), before the clock starts
     t0 = time.perf_counter()
     import contextlib, io
@@ -128,7 +128,7 @@ def test_generate_refuses_hostile_rules(tmp_path):
 
 
 def test_regex_timeout_names_the_rule(monkeypatch):
-    from cull.regex_match import RegexTimeoutError
+    from cull.rules.regex_match import RegexTimeoutError
 
     monkeypatch.setenv("CULL_REGEX_TIMEOUT_S", "0.05")
     with pytest.raises(RegexTimeoutError, match=r"'re:\(a\|aa\)\+c'.*0.05 s"):
@@ -140,8 +140,8 @@ def test_regex_timeout_names_the_rule(monkeypatch):
 
 def test_backtracking_generator_regex_runs_under_the_limit(monkeypatch):
     """The backtracking generator matches through cull.find, so a runaway regex stops there too."""
-    from cull import backtrack
-    from cull.regex_match import RegexTimeoutError
+    from cull.decode import backtrack
+    from cull.rules.regex_match import RegexTimeoutError
 
     monkeypatch.setenv("CULL_REGEX_TIMEOUT_S", "0.05")
     rules = cull.PhraseSet(["re:(x+x+)+y"])

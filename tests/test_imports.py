@@ -24,7 +24,7 @@ def run(code: str) -> subprocess.CompletedProcess:
 def test_core_works_with_only_torch_and_numpy():
     r = run("""
         import torch, cull
-        from cull.vocab import vocab_from_token_bytes
+        from cull.compile.vocab import vocab_from_token_bytes
         tb = [b" delve", b"d", b"elve", b" the"]
         proc = cull.CullLogitsProcessor(["delve"], vocab_from_token_bytes(tb), cache=False)
         scores = proc(torch.tensor([[3]]), torch.zeros(1, 4))
@@ -46,3 +46,28 @@ def test_missing_extra_names_it():
     """)
     assert r.returncode == 0, r.stderr
     assert "regex" in r.stdout and "cull-lm[hf]" in r.stdout
+
+
+def test_front_door_needs_no_torch():
+    """`import cull`, `cull.find` and `cull --help` (and every command's --help) run with torch blocked."""
+    code = PRELUDE.replace(f"{BLOCKED!r}", repr(["torch", "numpy", "triton", "transformers"])) + textwrap.dedent("""
+        import contextlib, io
+        import cull
+        assert [m.start for m in cull.find("we delve", ["delve"])] == [3]
+        from cull.cli.main import build_parser, main
+        commands = build_parser()._subparsers._group_actions[0].choices
+        for argv in [["--help"]] + [[c, "--help"] for c in commands]:
+            out = io.StringIO()
+            with contextlib.redirect_stdout(out):
+                try:
+                    main(argv)
+                except SystemExit as e:
+                    assert e.code == 0, (argv, e.code)
+            assert "usage: cull" in out.getvalue(), argv
+        import sys
+        assert "torch" not in sys.modules
+        print("ok", len(commands))
+    """)
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.split() == ["ok", "8"]

@@ -9,7 +9,7 @@ import torch
 
 import cull
 from cull.kernels import apply_rules
-from cull.vocab import vocab_from_token_bytes
+from cull.compile.vocab import vocab_from_token_bytes
 
 from randomized import build, random_states, run_backends
 

@@ -12,7 +12,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import cull
-from cull.vocab import vocab_from_token_bytes
+from cull.compile.vocab import vocab_from_token_bytes
 
 from randomized import build, oracle
 

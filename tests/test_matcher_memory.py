@@ -8,7 +8,7 @@ import torch
 
 import cull
 from cull.integrations.matcher_cache import MatcherCache
-from cull.vocab import vocab_from_token_bytes
+from cull.compile.vocab import vocab_from_token_bytes
 
 TOKENS = [t.encode() for t in ["a", "b", "c", " ", "ab", "bc", "abc", " a", " b", "ca"]]
 

@@ -6,7 +6,7 @@ from conftest import need_data
 
 
 def test_first_gguf_load_returns_a_savable_model(tmp_path, monkeypatch):
-    from cull.models import load_model
+    from cull.measure.models import load_model
 
     folder = need_data("models", "smollm2-135m-instruct")
     monkeypatch.setenv("CULL_CACHE_DIR", str(tmp_path / "cache"))

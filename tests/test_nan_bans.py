@@ -23,14 +23,14 @@ def banned_sets(matcher, states):
 @pytest.mark.parametrize("dense_always", [False, True])
 @pytest.mark.parametrize("seed", range(4))
 def test_nan_on_banned_token_becomes_minus_inf(backend, dense_always, seed, monkeypatch):
-    import cull.token_lists
+    import cull.compile.kernel_lists
 
-    monkeypatch.setattr(cull.token_lists, "DENSE_ALWAYS_MIN", 1 if dense_always else 10**9)
+    monkeypatch.setattr(cull.compile.kernel_lists, "DENSE_ALWAYS_MIN", 1 if dense_always else 10**9)
     rng = random.Random(seed)
     vocab, toks, special, rules, matcher = build(rng, 60, rng.randint(2, 5), bias=False)
     # a wildcard rule that bans many tokens from every state (the always-lists)
     matcher = cull.compile_rules(cull.PhraseSet([r.text for r in rules] + ["*a*"]),
-                                 cull.vocab.vocab_from_token_bytes(toks, special), cache=False)
+                                 cull.compile.vocab.vocab_from_token_bytes(toks, special), cache=False)
     states = random_states(matcher, len(toks), 4, rng)
     banned = banned_sets(matcher, states)
     assert any(banned)

@@ -4,7 +4,7 @@ import random
 
 import pytest
 
-from cull.normalize import (BOUNDARY, DEFAULT_FOLD, FOLD_ACCENTS, OTHER, SPACE, WORD, char_class, fold_char,
+from cull.text.normalize import (BOUNDARY, DEFAULT_FOLD, FOLD_ACCENTS, OTHER, SPACE, WORD, char_class, fold_char,
                             pack, transduce, transduce_plain, unpack)
 
 ALPHABET = [b"a", b"Z", b"_", b"1", b" ", b"\t", b"\n", b"  ", b",", b"'", b"\x00", b"-", "é".encode(),

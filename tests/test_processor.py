@@ -12,7 +12,7 @@ import pytest
 import torch
 
 import cull
-from cull.vocab import vocab_from_tokenizer
+from cull.compile.vocab import vocab_from_tokenizer
 from conftest import need_data
 
 transformers = pytest.importorskip("transformers")
@@ -235,7 +235,7 @@ def test_reused_processor_continuation_call(stories):
 def test_reused_processor_partial_batch_continuation(stories):
     """One row of the new call continues the previous call's last row, another row is new. The new
     row is read with its own prompt ("Once upon a" is prompt, so " time" is allowed, as with a fresh
-    processor); it used to be read with the previous call's prompt length (cull/row_states.py)."""
+    processor); it used to be read with the previous call's prompt length (cull/decode/row_states.py)."""
     model, tok = stories
     shared = cull.CullLogitsProcessor([PHRASE], tok)
     _, first = generate(model, tok, [""], [shared], max_new_tokens=5)  # prompt: <s> alone

@@ -8,9 +8,9 @@ from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 
 import cull
-from cull.regex_literals import literal_phrase_rules
+from cull.rules.regex_literals import literal_phrase_rules
 from cull.rules import make_rule
-from cull.vocab import vocab_from_token_bytes
+from cull.compile.vocab import vocab_from_token_bytes
 
 from randomized import oracle
 

@@ -112,7 +112,7 @@ def test_admission_is_bounded_by_the_limits_not_the_request():
 ])
 def test_cheap_admission_check_agrees_with_compile(phrases):
     """check_compilable refuses exactly what compile_patterns refuses (with a small budget too)."""
-    from cull.patterns import check_compilable, compile_patterns
+    from cull.compile.patterns import check_compilable, compile_patterns
 
     ps = cull.PhraseSet(phrases, allow_symbols=True)
     for budget in (10, 1000, 12_000_000):
@@ -179,7 +179,7 @@ def test_error_messages_never_echo_megabytes():
 @pytest.mark.parametrize("var,value", [("CULL_MATCHER_CACHE_MIB", "nan"), ("CULL_MATCHER_CACHE_MIB", "-1"),
                                        ("CULL_CACHE_MIB", "nan"), ("CULL_CACHE_MIB", "inf")])
 def test_bad_operator_settings_are_clear_errors(var, value, monkeypatch, tmp_path):
-    from cull.compile_cache import cache_limit_bytes
+    from cull.compile.cache import cache_limit_bytes
     from cull.integrations.matcher_cache import MatcherCache
 
     monkeypatch.setenv(var, value)

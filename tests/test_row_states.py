@@ -1,4 +1,4 @@
-"""Row states under every way HF calls a processor (cull/row_states.py): decode steps, beam reordering,
+"""Row states under every way HF calls a processor (cull/decode/row_states.py): decode steps, beam reordering,
 rows joining and leaving, first calls mid-generation, and assisted decoding (the assistant and the
 main model call the same processor; the main model's calls jump ahead, then roll back to the
 accepted prefix). Each call's scores are checked against the truth: the state of each row computed
@@ -185,7 +185,7 @@ def test_cache_is_bounded():
 
 def test_row_hashes_equal_the_kernels():
     """The host's copy of the kernel's row hash (used to resolve unusual calls) is the same number."""
-    from cull.device_state import row_hashes
+    from cull.decode.device_rows import row_hashes
 
     rng = random.Random(2)
     vocab, tb, special, rules, matcher = build(rng, 30, 2, bias=False, split_chars=False)

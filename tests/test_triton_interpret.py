@@ -25,9 +25,9 @@ tb = importlib.reload(tb)  # make sure the kernel was built in interpreter mode
 def test_triton_matches_reference(seed, dtype, dense_always, monkeypatch):
     """Both ways of writing the always-lists: scattered token ids, and the bitmask pass (which the
     real 50k list takes; forced here by lowering the threshold)."""
-    import cull.token_lists
+    import cull.compile.kernel_lists
 
-    monkeypatch.setattr(cull.token_lists, "DENSE_ALWAYS_MIN", 1 if dense_always else 10**9)
+    monkeypatch.setattr(cull.compile.kernel_lists, "DENSE_ALWAYS_MIN", 1 if dense_always else 10**9)
     rng = random.Random(1000 + seed)
     vocab, toks, special, rules, matcher = build(rng, 70, rng.randint(1, 7), bias=seed % 2 == 1)
     B = rng.choice([1, 2, 5])
@@ -53,7 +53,7 @@ def test_triton_large_lists_split_across_programs():
     rng = random.Random(7)
     tbytes = [bytes([97 + rng.randrange(3)]) * rng.randint(1, 3) + b"x" * k for k in range(3000)]
     tbytes = list(dict.fromkeys(tbytes))
-    from cull.vocab import vocab_from_token_bytes
+    from cull.compile.vocab import vocab_from_token_bytes
 
     m = cull_compile(["x"], vocab_from_token_bytes(tbytes))
     states = [m.initial_state(), m.advance(m.initial_state(), 0)]
@@ -64,7 +64,7 @@ def test_triton_large_lists_split_across_programs():
 def test_always_bitmask_layout():
     import numpy as np
 
-    from cull.token_lists import always_bits
+    from cull.compile.kernel_lists import always_bits
 
     rng = np.random.default_rng(0)
     toks = [np.sort(rng.choice(100, size=k, replace=False)) for k in (0, 7, 60)]
@@ -100,7 +100,7 @@ def test_triton_on_disguises_split_into_bytes(data_dir):
     disguises byte by byte, many of them stopped inside a character, give the reference's bans."""
     from transformers import LlamaTokenizer
 
-    from cull.compile_cache import as_vocab
+    from cull.compile.cache import as_vocab
 
     tok = LlamaTokenizer.from_pretrained(data_dir / "models" / "stories260K")
     vocab = as_vocab(tok)

@@ -62,12 +62,12 @@ def test_phrases_that_cannot_match_are_refused():
         cull.PhraseSet(["del\ufffdve"])
     with pytest.raises(RuleError, match="empty once normalised"):
         cull.compile_rules(cull.PhraseSet(["\u200b\u200d"], allow_symbols=True),
-                           cull.vocab.vocab_from_token_bytes([b"a"]), cache=False)
+                           cull.compile.vocab.vocab_from_token_bytes([b"a"]), cache=False)
     assert cull.PhraseSet(["你好"])  # a Han phrase is not "symbols only"
 
 
 def test_scan_prefilter_sees_through_disguises():
-    from cull.scan import prefiltered
+    from cull.measure.scan import prefiltered
 
     run = prefiltered()
     rules = cull.PhraseSet(["delve", "fish"])
@@ -76,12 +76,12 @@ def test_scan_prefilter_sees_through_disguises():
 
 def test_unicode_tables_match_regex():
     """cull/data/unicode_properties.json is what the installed `regex` computes (regenerate with
-    `python -m cull.unicode_tables` after a `regex` upgrade changes Unicode versions)."""
+    `python -m cull.text.unicode_tables` after a `regex` upgrade changes Unicode versions)."""
     import json
 
     import regex  # noqa: F401
 
-    from cull.unicode_tables import PATH, compute_ranges
+    from cull.text.unicode_tables import PATH, compute_ranges
 
     stored = json.loads(PATH.read_text())
     assert stored["properties"] == compute_ranges()["properties"]
@@ -102,7 +102,7 @@ def _tokenizer(name):
 def test_processor_bans_the_token_that_completes_a_disguise(name, backend):
     """Each disguise, tokenized by the tokenizer and as single bytes (characters split across
     tokens): after all but the last token, the last one is banned."""
-    from cull.compile_cache import as_vocab
+    from cull.compile.cache import as_vocab
 
     tok = _tokenizer(name)
     vocab = as_vocab(tok)
@@ -136,7 +136,7 @@ def test_nfkd_of_each_disguise_is_the_plain_phrase():
 def test_ascii_pattern_fast_path_equals_definition():
     import random
 
-    from cull.patterns import rule_patterns
+    from cull.compile.patterns import rule_patterns
     from cull.rules import make_rule
 
     rng = random.Random(0)
@@ -156,7 +156,7 @@ def test_continuation_deltas_equal_token_by_token():
     """The prefix-sharing walk over continuation tokens gives each token's own `token_delta`."""
     import random
 
-    from cull.pending import continuation_deltas, continuation_tokens, token_delta
+    from cull.compile.pending import continuation_deltas, continuation_tokens, token_delta
     from randomized import build
 
     for seed in range(6):

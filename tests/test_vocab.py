@@ -1,4 +1,4 @@
-"""cull.vocab: every token id -> the exact bytes it adds to the text.
+"""cull.compile.vocab: every token id -> the exact bytes it adds to the text.
 
 Checked three ways: against ``tokenizer.decode`` on random multilingual texts, against
 single-token decodes of the whole vocabulary, and against llama.cpp's reference token
@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from cull.vocab import TokenVocab, VocabError, vocab_from_token_bytes, vocab_from_tokenizer
+from cull.compile.vocab import TokenVocab, VocabError, vocab_from_token_bytes, vocab_from_tokenizer
 
 REPO = Path(__file__).resolve().parents[1]
 LLAMACPP = ("tokenizers", "llamacpp-vocab-tests")
@@ -265,10 +265,10 @@ def test_vocab_from_token_bytes():
 
 
 def test_module_imports_no_heavy_dependencies():
-    # Import cull.vocab without running cull/__init__.py (which pulls in torch for the processor).
+    # Import cull.compile.vocab without running cull/__init__.py (which pulls in torch for the processor).
     code = (
         "import sys, types; pkg = types.ModuleType('cull'); pkg.__path__ = ['cull']; sys.modules['cull'] = pkg; "
-        "import cull.vocab; print(sorted(m for m in ('torch', 'transformers', 'tokenizers') if m in sys.modules))"
+        "import cull.compile.vocab; print(sorted(m for m in ('torch', 'transformers', 'tokenizers') if m in sys.modules))"
     )
     out = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]"

@@ -6,13 +6,9 @@ on clean samples (`loss`), and a LoRA or full fine-tune under accelerate with wa
 stopping and rounds on policy (`train`, `loop`), plus the UL+MLE and NAT baselines (`steps`) and
 TRL's DPO (`baselines`). See docs/finetune.md.
 """
-from .data import FinetuneData, PreferenceExample, RetainExample, build_data
-from .loss import LossWeights, preference_loss, retain_kl, tether_loss, unlikelihood_loss
-from .train import METHODS, FinetuneConfig, finetune
+from cull.finetune.data import FinetuneData, PreferenceExample, RetainExample, build_data
+from cull.finetune.loss import LossWeights, preference_loss, retain_kl, tether_loss, unlikelihood_loss
+from cull.finetune.train import METHODS, FinetuneConfig, finetune
 
 __all__ = ["FinetuneConfig", "FinetuneData", "LossWeights", "METHODS", "PreferenceExample", "RetainExample",
            "build_data", "finetune", "preference_loss", "retain_kl", "tether_loss", "unlikelihood_loss"]
-
-from .commands import add_eval_parser, add_finetune_parser, run_eval, run_finetune  # noqa: E402
-
-__all__ += ["add_eval_parser", "add_finetune_parser", "run_eval", "run_finetune"]

@@ -11,7 +11,7 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
-from ..errors import CullError, require
+from cull.errors import CullError, require
 
 
 def dpo_pairs(data, tok) -> list[dict]:
@@ -41,7 +41,7 @@ def train_dpo(model, tok, data, out_dir, *, steps: int = 60, lr: float = 5e-4, b
     from peft import LoraConfig
     from trl import DPOConfig, DPOTrainer
 
-    from .train import lora_target_modules
+    from cull.finetune.train import lora_target_modules
 
     pairs = dpo_pairs(data, tok)
     if not pairs:

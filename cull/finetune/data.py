@@ -22,96 +22,20 @@ tables; numpy, no pickle).
 from __future__ import annotations
 
 import bisect
-import json
 import random
 import re
 from collections import Counter
-from dataclasses import dataclass, field
-from pathlib import Path
 
-from ..errors import CullError
-from ..evaluate import Generation, generate
-from ..find import find
-from ..rules import PhraseSet
+from cull.errors import CullError
+from cull.finetune.records import FinetuneData, PreferenceExample, RetainExample  # noqa: F401
+from cull.measure.evaluate import Generation, generate
+from cull.rules.find import find
+from cull.rules import PhraseSet
 
 # function words: a decision point never rests on one of these alone
 FUNCTION_WORDS = set("the a an and or of to in on at for with was is it he she they i you we his her their my your "
                      "that this as by from be had have has were are but not so its our".split())
 _WORD = re.compile(r"[\w']+")
-
-
-@dataclass
-class PreferenceExample:
-    context: list  # prompt + generated ids before the rejected token
-    rejected: int
-    chosen: list  # acceptable alternatives, most likely first
-    phrase: str
-    p_rejected: float = 0.0
-    prompt_index: int = -1
-    chosen_continuation: list = field(default_factory=list)  # first chosen + its greedy continuation
-    rejected_continuation: list = field(default_factory=list)  # the sample's own tokens from `rejected` on
-    ref_logits: object = None  # [V] float16 numpy: the reference's logits at the context (tether)
-
-
-@dataclass
-class RetainExample:
-    ids: list  # prompt + generated ids
-    positions: list  # indices i: the distribution predicting ids[i] is kept close to the reference
-    top_ids: object = field(default_factory=list)  # [len(positions), K] reference's top-K token ids
-    top_logp: object = field(default_factory=list)  # [len(positions), K] their log-probs
-    prompt_index: int = -1
-
-
-@dataclass
-class FinetuneData:
-    preference: list
-    retain: list
-    stats: dict
-    negatives: list = field(default_factory=list)  # [ids, prompt length] of samples with a hit (NAT baseline)
-    val_preference: list = field(default_factory=list)
-    val_retain: list = field(default_factory=list)
-
-    def save(self, path) -> None:
-        import numpy as np
-
-        path = Path(path)
-        arrays, doc = {}, {"stats": self.stats, "negatives": self.negatives}
-        for name in ("preference", "val_preference"):
-            items = []
-            for i, e in enumerate(getattr(self, name)):
-                d = {k: v for k, v in e.__dict__.items() if k != "ref_logits"}
-                if e.ref_logits is not None:
-                    arrays[f"{name}.{i}.ref_logits"] = np.asarray(e.ref_logits, dtype=np.float16)
-                items.append(d)
-            doc[name] = items
-        for name in ("retain", "val_retain"):
-            items = []
-            for i, r in enumerate(getattr(self, name)):
-                items.append({"ids": r.ids, "positions": r.positions, "prompt_index": r.prompt_index})
-                arrays[f"{name}.{i}.top_ids"] = np.asarray(r.top_ids, dtype=np.int32)
-                arrays[f"{name}.{i}.top_logp"] = np.asarray(r.top_logp, dtype=np.float16)
-            doc[name] = items
-        path.write_text(json.dumps(doc))
-        np.savez(path.with_suffix(".npz"), **arrays)
-
-    @classmethod
-    def load(cls, path) -> "FinetuneData":
-        import numpy as np
-
-        path = Path(path)
-        doc = json.loads(path.read_text())
-        npz = path.with_suffix(".npz")
-        arrays = dict(np.load(npz, allow_pickle=False)) if npz.is_file() else {}
-        out = {}
-        for name in ("preference", "val_preference"):
-            out[name] = [PreferenceExample(**e, ref_logits=arrays.get(f"{name}.{i}.ref_logits"))
-                         for i, e in enumerate(doc.get(name, []))]
-        for name in ("retain", "val_retain"):
-            out[name] = [RetainExample(r["ids"], r["positions"], arrays.get(f"{name}.{i}.top_ids", r.get("top_ids", [])),
-                                       arrays.get(f"{name}.{i}.top_logp", r.get("top_logp", [])),
-                                       r.get("prompt_index", -1)) for i, r in enumerate(doc.get(name, []))]
-        return cls(out["preference"], out["retain"], doc["stats"], doc.get("negatives", []), out["val_preference"],
-                   out["val_retain"])
 
 
 def char_ends(tok, ids: list[int]) -> list[int]:
@@ -212,7 +136,7 @@ def build_data(model, tok, rules: PhraseSet, prompts: list[str], *, n_samples: i
     `retain_per_gen` > 0 keeps that many random positions per clean sample instead of all of them;
     `with_retain=False` builds no retain set (later rounds keep the first one). Raises a CullError
     when there are no hits."""
-    from .examples import build_retain, find_chosen, sample_token_logp
+    from cull.finetune.examples import build_retain, find_chosen, sample_token_logp
 
     reference = model if reference is None else reference
     if gens is None:

@@ -5,9 +5,10 @@ from __future__ import annotations
 
 import random
 
-from ..errors import require
-from ..find import find
-from .data import PreferenceExample, RetainExample
+from cull.decode.tokens import pad_id, pad_rows
+from cull.errors import require
+from cull.rules.find import find
+from cull.finetune.records import PreferenceExample, RetainExample
 
 
 def sample_token_logp(model, tok, gens, *, batch_size: int = 16, progress: bool = True) -> dict:
@@ -15,13 +16,11 @@ def sample_token_logp(model, tok, gens, *, batch_size: int = 16, progress: bool 
     torch = require("torch", "hf")
     from tqdm.auto import tqdm
 
-    from ..evaluate import _right_pad, pad_id
-
     out = {}
     device = next(model.parameters()).device
     for b in tqdm(range(0, len(gens), batch_size), desc="token log-probs", disable=not progress, leave=False):
         chunk = gens[b:b + batch_size]
-        ids, mask = _right_pad([g.prompt_ids + g.gen_ids for g in chunk], pad_id(tok))
+        ids, mask = pad_rows([g.prompt_ids + g.gen_ids for g in chunk], pad_id(tok))
         with torch.inference_mode():
             logits = model(ids.to(device), attention_mask=mask.to(device)).logits
             for i, g in enumerate(chunk):  # one row's log-softmax at a time: [B, T, V] in float32 is large
@@ -35,9 +34,7 @@ def sample_token_logp(model, tok, gens, *, batch_size: int = 16, progress: bool 
 def _last_logits(model, contexts, pad, device):
     import torch
 
-    from ..evaluate import _left_pad
-
-    ids, mask = _left_pad(contexts, pad)
+    ids, mask = pad_rows(contexts, pad, side="left")
     pos = (mask.cumsum(1) - 1).clamp(min=0)
     with torch.inference_mode():
         return model(ids.to(device), attention_mask=mask.to(device), position_ids=pos.to(device)).logits[:, -1].float()
@@ -52,8 +49,6 @@ def find_chosen(model, tok, rules, found, *, top_k: int = 8, min_prob: float = 0
     Contexts and candidates are batched (left-padded)."""
     torch = require("torch", "hf")
     from tqdm.auto import tqdm
-
-    from ..evaluate import _left_pad, pad_id
 
     special = set(getattr(tok, "all_special_ids", []) or [])
     pad = pad_id(tok)
@@ -75,7 +70,7 @@ def find_chosen(model, tok, rules, found, *, top_k: int = 8, min_prob: float = 0
             rows += [(i, int(t)) for t in top if t != rejected and probs[i, t] >= min_prob and t not in special]
         ok = {}
         if rows:
-            ids2, mask2 = _left_pad([chunk[i][3] + [c] for i, c in rows], pad)
+            ids2, mask2 = pad_rows([chunk[i][3] + [c] for i, c in rows], pad, side="left")
             with torch.inference_mode():
                 out = model.generate(ids2.to(device), attention_mask=mask2.to(device), max_new_tokens=lookahead,
                                      do_sample=False, temperature=None, top_p=None, top_k=None, pad_token_id=pad)
@@ -102,8 +97,6 @@ def build_retain(reference, tok, gens, *, per_gen: int = 0, top: int = 64, rng: 
     torch = require("torch", "hf")
     from tqdm.auto import tqdm
 
-    from ..evaluate import _right_pad, pad_id
-
     rng = rng or random.Random(0)
     todo = []
     for g in gens:
@@ -117,7 +110,7 @@ def build_retain(reference, tok, gens, *, per_gen: int = 0, top: int = 64, rng: 
     device = next(reference.parameters()).device
     for b in tqdm(range(0, len(todo), batch_size), desc="retain set", disable=not progress, leave=False):
         chunk = todo[b:b + batch_size]
-        ids, mask = _right_pad([c[0] for c in chunk], pad_id(tok))
+        ids, mask = pad_rows([c[0] for c in chunk], pad_id(tok))
         with torch.inference_mode():
             logits = reference(ids.to(device), attention_mask=mask.to(device)).logits
         for i, (seq, positions, pi) in enumerate(chunk):

@@ -15,11 +15,30 @@ from __future__ import annotations
 import json
 import math
 
-from ..errors import CullError
-from .steps import NAT_TAG, batch_of, checkpoint_score, nat_sequences, step_loss, validate
+from cull.errors import CullError
+from cull.finetune.loss import LossWeights
+from cull.finetune.steps import NAT_TAG, batch_of, checkpoint_score, nat_sequences, step_loss, validate
 
 
-class _Loop:
+def method_weights(cfg) -> LossWeights:
+    """The loss weights a method uses: cull's own, or the UL+MLE baseline's (ungated unlikelihood
+    plus maximum likelihood on clean samples; no preference, tether or KL)."""
+    if cfg.method == "ul-mle":
+        return LossWeights(preference=0.0, unlikelihood=1.0, kl=0.0, tether=0.0, mle=max(cfg.weights.mle, 1.0),
+                           gate_unlikelihood=False)
+    return cfg.weights
+
+
+def lr_factor(step: int, steps: int, warmup: float, min_lr: float) -> float:
+    """Linear warm-up over the first `warmup` share of the steps, then cosine decay to `min_lr`."""
+    w = int(round(warmup * steps))
+    if step < w:
+        return (step + 1) / w
+    t = (step - w) / max(1, steps - w)
+    return min_lr + (1 - min_lr) * 0.5 * (1 + math.cos(math.pi * min(t, 1.0)))
+
+
+class TrainingLoop:
     def __init__(self, acc, model, opt, params, tok, pad, cfg, lr, out, say, progress):
         self.acc, self.model, self.opt, self.params = acc, model, opt, params
         self.tok, self.pad, self.cfg, self.lr, self.out, self.say, self.progress = tok, pad, cfg, lr, out, say, progress
@@ -58,7 +77,6 @@ class _Loop:
         from tqdm.auto import tqdm
 
         cfg, acc = self.cfg, self.acc
-        from .train import lr_factor, method_weights
 
         weights = method_weights(cfg)
         nat = None

@@ -14,7 +14,7 @@ from __future__ import annotations
 import math
 import random
 
-from .loss import LossWeights, total_loss
+from cull.finetune.loss import LossWeights, total_loss
 
 NAT_TAG = "[Negative example: overused phrases]\n"
 
@@ -116,7 +116,7 @@ def nat_sequences(data, tag_ids: list[int], bos: int | None) -> list[tuple[list,
 
 
 def nat_loss(model, seqs, pad, device):
-    from .loss import mle_loss
+    from cull.finetune.loss import mle_loss
 
     positions = [list(range(max(start, 1), len(ids))) for ids, start in seqs]
     logits, targets = retain_logits(model, [s[0] for s in seqs], positions, pad, device)
@@ -153,8 +153,8 @@ def validate(model, tok, examples, retain, pad, device, *, rules=None, prompts=N
                 n += len(tg)
             out["nll"] = nll / n if n else float("nan")
     if n_samples and prompts:
-        from ..evaluate import generate
-        from ..find import find
+        from cull.measure.evaluate import generate
+        from cull.rules.find import find
 
         gens = generate(model, tok, prompts, n_samples=n_samples, max_new_tokens=max_new_tokens, seed=seed,
                         batch_size=batch_size, chat=chat, progress=False)

@@ -3,7 +3,7 @@
     from cull.finetune import FinetuneConfig, finetune
     summary = finetune(model, tok, rules, prompts, "out/", FinetuneConfig(steps=200))
 
-The same code runs on one CPU, one GPU or several (`accelerate launch -m cull.finetune ...`): the
+The same code runs on one CPU, one GPU or several (`accelerate launch -m cull finetune ...`): the
 data are built once by the main process and shared through `out/data.json`; each process takes its
 own slice of every batch. Checkpoints go to `out/checkpoints/step-N` every `checkpoint_every` steps;
 `resume=True` picks up from the latest one with the same data (batches are a function of the seed
@@ -12,17 +12,16 @@ and the step, so a resumed run trains on exactly the batches the interrupted one
 from __future__ import annotations
 
 import json
-import math
 import shutil
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from ..errors import CullError, require
-from ..rules import as_phrase_set
-from .data import FinetuneData, build_data
-from .loop import _Loop
-from .loss import LossWeights
+from cull.errors import CullError, require
+from cull.rules import as_phrase_set
+from cull.finetune.data import FinetuneData, build_data
+from cull.finetune.loop import TrainingLoop
+from cull.finetune.loss import LossWeights
 
 LORA_TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj",
                 "c_attn", "c_proj", "c_fc", "query_key_value", "dense", "fc1", "fc2", "wq", "wk", "wv", "wo")
@@ -92,15 +91,6 @@ class FinetuneConfig:
 METHODS = ("cull", "ul-mle", "nat")
 
 
-def method_weights(cfg: FinetuneConfig) -> LossWeights:
-    """The loss weights a method uses: cull's own, or the UL+MLE baseline's (ungated unlikelihood
-    plus maximum likelihood on clean samples; no preference, tether or KL)."""
-    if cfg.method == "ul-mle":
-        return LossWeights(preference=0.0, unlikelihood=1.0, kl=0.0, tether=0.0, mle=max(cfg.weights.mle, 1.0),
-                           gate_unlikelihood=False)
-    return cfg.weights
-
-
 def lora_target_modules(model, names=None) -> list[str]:
     """The Linear layers' short names to put LoRA on: the attention and MLP projections."""
     import torch
@@ -112,15 +102,6 @@ def lora_target_modules(model, names=None) -> list[str]:
         raise CullError(f"found none of the LoRA target layers {sorted(wanted)} in this model (its Linear layers: "
                         f"{sorted(present)}); pass --lora-targets NAME,... or use --full")
     return found
-
-
-def lr_factor(step: int, steps: int, warmup: float, min_lr: float) -> float:
-    """Linear warm-up over the first `warmup` share of the steps, then cosine decay to `min_lr`."""
-    w = int(round(warmup * steps))
-    if step < w:
-        return (step + 1) / w
-    t = (step - w) / max(1, steps - w)
-    return min_lr + (1 - min_lr) * 0.5 * (1 + math.cos(math.pi * min(t, 1.0)))
 
 
 def _latest_checkpoint(out: Path):
@@ -229,7 +210,7 @@ def finetune(model, tok, rules, prompts, out_dir, cfg: FinetuneConfig | None = N
         say(f"Resumed from {ck} (step {start} of {cfg.steps})")
     pad = tok.pad_token_id if tok.pad_token_id is not None else (tok.eos_token_id or 0)
     log = json.loads((out / "loss_log.json").read_text()) if ck is not None and (out / "loss_log.json").is_file() else []
-    loop = _Loop(acc, model, opt, params, tok, pad, cfg, lr, out, say, progress)
+    loop = TrainingLoop(acc, model, opt, params, tok, pad, cfg, lr, out, say, progress)
     val_prompts = [prompts[i] for i in data.stats.get("val_prompts", [])] or list(prompts)
     # validation and early stopping run with one process (a stop on one process alone would leave
     # the others waiting in their gradient all-reduce)
@@ -283,9 +264,9 @@ def _build(model, tok, rules, prompts, cfg, progress, reference, gens=None, with
 
 def _next_round_data(model, tok, rules, prompts, cfg, progress, reference, rnd, say):
     """Sample the tuned model; its residual hits and newly over-used phrases become more examples."""
-    from ..discover import candidate_rules, newly_overused
-    from ..evaluate import generate
-    from ..rules import PhraseSet
+    from cull.measure.discover import candidate_rules, newly_overused
+    from cull.measure.evaluate import generate
+    from cull.rules import PhraseSet
 
     model.eval()
     gens = generate(model, tok, prompts, n_samples=cfg.n_samples, temperature=cfg.temperature,
@@ -332,15 +313,3 @@ def save_model(model, tok, out: Path, *, full: bool, adapter_only: bool, base_pa
     merged.save_pretrained(out)
     tok.save_pretrained(out)
     return "merged", merged
-
-
-def load_model_for_finetune(path, threads: int | None = None, say=print):
-    """(model, tokenizer, base path for an adapter's config) from a model folder or .gguf file."""
-    from ..models import _converted_dir, load_model, resolve_model
-
-    folder, gguf = resolve_model(path, say=say)
-    model, tok = load_model(folder / gguf if gguf else folder, threads=threads, say=say)
-    base = folder
-    if gguf is not None and (_converted_dir(folder, gguf) / "model" / "config.json").is_file():
-        base = _converted_dir(folder, gguf) / "model"
-    return model, tok, str(Path(base).resolve())

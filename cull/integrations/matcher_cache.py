@@ -10,9 +10,9 @@ import threading
 import time
 from collections import OrderedDict
 
-from ..compile_cache import compile_rules
-from ..errors import CullError
-from .serving_metrics import METRICS
+from cull.compile.cache import compile_rules
+from cull.errors import CullError
+from cull.integrations.serving_metrics import METRICS
 
 DEFAULT_MIB = 512.0  # override with $CULL_MATCHER_CACHE_MIB
 PERSIST_MIN_PHRASES = 1000  # inline lists this large go to the disk cache too (see `get`)

@@ -28,9 +28,9 @@ from collections import OrderedDict
 from dataclasses import dataclass
 from pathlib import Path
 
-from ..compiler import DEFAULT_MAX_SYMBOLS
-from ..errors import CullError
-from ..rules import PhraseSet
+from cull.compile.build import DEFAULT_MAX_SYMBOLS
+from cull.errors import CullError
+from cull.rules import PhraseSet
 
 try:  # imported now, not by the first request with a regex rule (~0.1 s on the server's event loop)
     import regex  # noqa: F401
@@ -229,7 +229,7 @@ def _parse(s: dict, in_engine: bool = False) -> RequestRules:
     ps = PhraseSet(rules, whole_words=flags["whole_words"])
     # everything compiling could refuse is checked here, at admission: an error once the request is
     # in the engine's batch could only be raised inside the engine
-    from ..patterns import check_compilable
+    from cull.compile.patterns import check_compilable
 
     check_compilable(ps, DEFAULT_MAX_SYMBOLS)  # also expands finite regexes, refusing the others
     source = " + ".join([f"list {n}" for n in lists] + (["inline"] if phrases else []))

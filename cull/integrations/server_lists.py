@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import os
 
-from .request_settings import parse_settings
-from .serving_metrics import log
+from cull.integrations.request_settings import parse_settings
+from cull.integrations.serving_metrics import log
 
 
 def warm_server_lists() -> None:
@@ -15,7 +15,7 @@ def warm_server_lists() -> None:
     import threading
     from pathlib import Path
 
-    from .request_settings import LISTS_ENV
+    from cull.integrations.request_settings import LISTS_ENV
 
     folder = os.environ.get(LISTS_ENV)
     if not folder or not Path(folder).is_dir():
@@ -37,7 +37,7 @@ def precompile_server_lists(cache) -> None:
     so that no request waits for one; a list that fails is logged, not fatal."""
     from pathlib import Path
 
-    from .request_settings import LISTS_ENV, server_list
+    from cull.integrations.request_settings import LISTS_ENV, server_list
 
     folder = os.environ.get(LISTS_ENV)
     if not folder or not Path(folder).is_dir():

@@ -29,11 +29,11 @@ import weakref
 
 import torch
 
-from ..errors import CullError, require
-from .matcher_cache import MatcherCache
-from .request_settings import parse_settings
-from .serving_metrics import METRICS, log
-from .server_lists import precompile_server_lists, warm_server_lists
+from cull.errors import CullError, require
+from cull.integrations.matcher_cache import MatcherCache
+from cull.integrations.request_settings import parse_settings
+from cull.integrations.serving_metrics import METRICS, log
+from cull.integrations.server_lists import precompile_server_lists, warm_server_lists
 
 require("vllm", "vllm")
 from vllm.v1.sample.logits_processor import BatchUpdate, MoveDirectionality  # noqa: E402
@@ -98,7 +98,7 @@ class _Engine:
     def __init__(self, vllm_config, device):
         from transformers import AutoTokenizer
 
-        from ..vocab import vocab_from_tokenizer
+        from cull.compile.vocab import vocab_from_tokenizer
 
         mc = vllm_config.model_config
         try:

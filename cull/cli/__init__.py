@@ -1,0 +1,1 @@
+"""The command line: the only argparse in cull, one module per command (entry point: cull.cli.main)."""

@@ -1,0 +1,154 @@
+"""What the commands share: option groups, rule loading, argument types, consoles and errors."""
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+
+from cull.errors import CullError
+
+
+class UsageError(CullError):
+    """A bad combination of command-line options."""
+
+
+def consoles():
+    from cull.errors import require
+
+    require("rich", "hf")
+    from rich.console import Console
+
+    return Console(), Console(stderr=True, log_path=False)
+
+
+def quiet_transformers() -> None:
+    """Our own spinner and messages replace transformers' progress bars and warnings."""
+    try:
+        from transformers.utils import logging as hf_logging
+    except ImportError:
+        return
+    hf_logging.set_verbosity_error()
+    hf_logging.disable_progress_bar()
+
+
+def add_phrase_options(p: argparse.ArgumentParser, required: bool = False, modes: bool = True) -> None:
+    g = p.add_argument_group("phrases")
+    g.add_argument("--phrases", action="append", default=[], metavar="FILE",
+                   help="phrase file: .txt (one a line), .json, .yaml, antislop [phrase, multiplier] "
+                        "pairs (repeatable)")
+    g.add_argument("--phrase", action="append", default=[], metavar="TEXT",
+                   help="one phrase, e.g. --phrase 'a testament to' or --phrase 'delv*' (repeatable)")
+    if modes:
+        g.add_argument("--mode", choices=("ban", "bias"), default=None,
+                       help="ban (never written) or bias (made less likely); default: ban, or what the file says")
+        g.add_argument("--bias", type=float, default=None, metavar="DELTA",
+                       help="logit delta for --mode bias, e.g. -5 (antislop multipliers give their own)")
+    g.add_argument("--allow-symbols", action="store_true", help="accept phrases without letters or digits")
+    g.add_argument("--ignore-accents", action="store_true",
+                   help="accent-insensitive matching: 'cafe' also matches 'café' (off by default)")
+
+
+def load_rules(args, default=None):
+    """A PhraseSet from --phrases files and --phrase texts (or `default()` when neither is given)."""
+    from cull.rules import BAN, BIAS, PhraseSet
+
+    mode = getattr(args, "mode", None)
+    bias = getattr(args, "bias", None)
+    if bias is not None and mode is None:
+        mode = BIAS
+    if mode == BAN and bias is not None:
+        raise UsageError("--bias goes with --mode bias; with --mode ban the phrases are forbidden outright")
+    if bias is not None and not bias < 0:
+        raise UsageError(f"--bias must be negative to make phrases less likely, got {bias}")
+    files, texts = args.phrases, args.phrase
+    if not files and not texts:
+        if default is None:
+            raise UsageError("no phrases given: pass --phrases FILE or --phrase TEXT")
+        files = [default()]
+    rules = []
+    try:
+        for f in files:
+            rules.extend(PhraseSet.load(f, action=mode, bias=bias, allow_symbols=args.allow_symbols))
+        if texts:
+            rules.extend(PhraseSet(texts, action=mode or BAN, bias=bias, allow_symbols=args.allow_symbols))
+    except CullError as exc:
+        if "needs a numeric delta" in str(exc):
+            raise UsageError(f"{exc}; give one with --bias, e.g. --bias -5") from None
+        raise
+    if not rules:
+        raise UsageError(f"the phrase list is empty ({', '.join(map(str, files))}); add phrases to it")
+    return PhraseSet(rules, ignore_accents=getattr(args, "ignore_accents", False))
+
+
+def positive_int(name):
+    def parse(s):
+        try:
+            v = int(s)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{name} must be a whole number, got {s!r}") from None
+        if v < 1:
+            raise argparse.ArgumentTypeError(f"{name} must be at least 1, got {v}")
+        return v
+
+    return parse
+
+
+def add_model_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--model", default=None, metavar="PATH",
+                   help="HF model folder or .gguf file (default: SmolLM2-135M-Instruct, no hub needed)")
+    p.add_argument("--threads", type=positive_int("--threads"), default=None, metavar="N",
+                   help="CPU threads for torch (default: the idle cores)")
+    p.add_argument("--backend", choices=("auto", "torch", "triton", "reference"), default="auto",
+                   help="processor kernel backend (default: auto)")
+
+
+def print_error(msg: str) -> None:
+    red = sys.stderr.isatty() and not os.environ.get("NO_COLOR")
+    line = " ".join(str(msg).split())  # one line, whatever the message held
+    sys.stderr.write(f"\033[31merror: {line}\033[0m\n" if red else f"error: {line}\n")
+    sys.stderr.flush()
+
+
+def add_sampling_options(p, prompts_default: str):
+    p.add_argument("--model", default=None, metavar="PATH",
+                   help="HF model folder or .gguf file (default: SmolLM2-135M-Instruct, no hub needed)")
+    p.add_argument("--phrases", action="append", default=[], metavar="FILE",
+                   help="phrase file (.txt, .json, .yaml, antislop pairs); repeatable")
+    p.add_argument("--phrase", action="append", default=[], metavar="TEXT", help="one phrase; repeatable")
+    p.add_argument("--prompts", default=prompts_default, metavar="FILE",
+                   help=f"prompts: .json list or {{category: [...]}}, .txt one a line, or a built-in set "
+                        f"(train, heldout); default: {prompts_default}")
+    chat = p.add_mutually_exclusive_group()
+    chat.add_argument("--chat", dest="chat", action="store_const", const=True, default=None,
+                      help="send prompts through the chat template (an error if the model has none)")
+    chat.add_argument("--raw", dest="chat", action="store_const", const=False,
+                      help="send prompts as raw text (an empty prompt is BOS only)")
+    p.add_argument("--max-new-tokens", type=positive_int("the value"), default=128)
+    p.add_argument("--temperature", type=float, default=0.8)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--threads", type=positive_int("the value"), default=None, help="CPU threads (default: the idle cores)")
+    p.add_argument("--no-progress", action="store_true", help="no progress bars")
+
+
+def load_phrases(args):
+    from cull.rules import PhraseSet
+
+    rules = []
+    for f in args.phrases:
+        rules.extend(PhraseSet.load(f, action="ban"))
+    if args.phrase:
+        rules.extend(PhraseSet(args.phrase))
+    if not rules:
+        raise CullError("no phrases given: pass --phrases FILE or --phrase TEXT")
+    return PhraseSet(rules)
+
+
+def load_model_for(path, threads):
+    """A model, its tokenizer and the base path (messages to stderr), for finetune, eval and discover."""
+    from cull.measure.models import load_model_with_base
+
+    return load_model_with_base(path, threads=threads, say=say)
+
+
+def say(msg) -> None:
+    print(msg, file=sys.stderr, flush=True)

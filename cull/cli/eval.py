@@ -1,0 +1,102 @@
+"""`cull eval`: count the phrase hits in a model's outputs, and measure what else changed."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from cull.cli.common import add_sampling_options, load_model_for, load_phrases, positive_int, say
+from cull.errors import CullError
+
+
+def add_parser(subparsers):
+    p = subparsers.add_parser(
+        "eval", help="count the phrase hits in a model's outputs, and what else changed",
+        description="Sample a model on prompts (processor off unless --with-processor) and report phrase "
+                    "hits per 1,000 words and per generation with bootstrap 95%% CIs, perplexity on clean "
+                    "text, KL from a reference model, distinct-n and over-represented n-grams.")
+    add_sampling_options(p, "heldout")
+    p.add_argument("--reference", default=None, metavar="PATH",
+                   help="the base model: adds its hits (before), the KL from it and over-represented n-grams")
+    p.add_argument("--clean-texts", default="neutral_texts", metavar="FILE",
+                   help="clean text for perplexity: a .json list of strings or {prompt, text} objects "
+                        "(default: cull's neutral text set); 'none' to skip")
+    p.add_argument("--human-text", default="auto", metavar="FILE",
+                   help="human-written English for a second perplexity: 'auto' (Debian's jargon-text package "
+                        "when installed: apt-get install jargon-text), 'jargon' (the same, an error when absent), "
+                        "a text or .gz file, or 'none'")
+    p.add_argument("--human-tokens", type=positive_int("the value"), default=20_000, help="tokens of human text to score")
+    p.add_argument("--n-samples", type=positive_int("the value"), default=8, help="sampled generations per prompt (default 8)")
+    p.add_argument("--no-greedy", action="store_true", help="skip the one greedy generation per prompt")
+    p.add_argument("--batch-size", type=positive_int("the value"), default=16)
+    p.add_argument("--with-processor", action="store_true",
+                   help="generate with the phrases banned and count ban events (the reference runs without it)")
+    p.add_argument("--out", default=None, metavar="PREFIX", help="write PREFIX.json, PREFIX.md and PREFIX.png")
+    p.add_argument("--json", action="store_true", help="print the results as JSON")
+    p.set_defaults(func=run_eval)
+    return p
+
+
+def _clean_texts(spec):
+    from cull.measure.evaluate import PROMPTS_DIR
+
+    if spec is None or str(spec).lower() == "none":
+        return None
+    path = Path(spec)
+    if not path.exists() and (PROMPTS_DIR / f"{spec}.json").is_file():
+        path = PROMPTS_DIR / f"{spec}.json"
+    if not path.is_file():
+        raise CullError(f"clean text file {str(spec)!r} not found; pass a .json list of strings or "
+                        "{\"prompt\", \"text\"} objects, or 'none'")
+    data = json.loads(path.read_text(encoding="utf-8"))
+    if not isinstance(data, list) or not all(isinstance(x, str) or isinstance(x, dict) and {"prompt", "text"} <= set(x)
+                                            for x in data):
+        raise CullError(f"{str(path)!r} must hold a JSON list of strings or {{\"prompt\", \"text\"}} objects")
+    return data
+
+
+def human_texts_for(spec, tok, min_tokens: int, say=say):
+    """The human-written texts of --human-text: None for 'none' (and for 'auto' when the package is
+    not installed, with a note); a CullError naming the package when an explicit source is missing."""
+    from cull.measure.human_text import INSTALL_HINT, corpus_path, human_corpus
+
+    if spec is None or str(spec).lower() == "none":
+        return None
+    if str(spec).lower() == "auto":
+        try:
+            corpus_path()
+        except CullError:
+            say(f"note: no human-written text corpus installed, so no perplexity on human text; {INSTALL_HINT}")
+            return None
+        spec = None
+    elif str(spec).lower() == "jargon":
+        spec = None
+    return human_corpus(min_tokens, tokenizer=tok, path=spec)
+
+
+def run_eval(args) -> int:
+    from cull.decode.processor import CullLogitsProcessor
+    from cull.measure.evaluate import BanCounter, evaluate, load_prompts, markdown, public
+
+    rules = load_phrases(args)
+    prompts = load_prompts(args.prompts)
+    clean = _clean_texts(args.clean_texts)
+    model, tok, _ = load_model_for(args.model, args.threads)
+    ref = load_model_for(args.reference, args.threads)[0] if args.reference else None
+    human = human_texts_for(args.human_text, tok, args.human_tokens)
+    proc = BanCounter(CullLogitsProcessor(rules, tok, vocab_size=model.config.vocab_size)) \
+        if args.with_processor else None
+    res = evaluate(model, tok, rules, prompts, n_samples=args.n_samples, temperature=args.temperature,
+                   greedy=not args.no_greedy, max_new_tokens=args.max_new_tokens, seed=args.seed, processor=proc,
+                   reference_model=ref, clean_texts=clean, human_texts=human, batch_size=args.batch_size,
+                   chat=args.chat, progress=not args.no_progress, out=args.out, name=str(args.model or "model"))
+    pub = public(res)
+    if args.json:
+        print(json.dumps(pub, indent=2, default=str))
+    else:
+        rows = [{"name": "reference", **pub["reference"]}, pub] if "reference" in pub else [pub]
+        print(markdown(rows))
+        top = sorted(pub["sampled"]["per_phrase"].items(), key=lambda kv: -kv[1])[:10]
+        print("Most hits: " + ", ".join(f"{p} ({c})" for p, c in top if c) if any(c for _, c in top) else "No hits.")
+        if args.out:
+            print(f"Wrote {args.out}.json, .md and .png")
+    return 0

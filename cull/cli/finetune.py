@@ -1,0 +1,78 @@
+"""`cull finetune`: train the phrases out of a model (`accelerate launch -m cull finetune ...` on
+several GPUs)."""
+from __future__ import annotations
+
+from cull.cli.common import add_sampling_options, load_model_for, load_phrases, positive_int, say
+from cull.errors import CullError
+
+
+def add_parser(subparsers):
+    p = subparsers.add_parser(
+        "finetune", help="fine-tune a model so that it stops writing the phrases",
+        description="Sample the model on the prompts, turn every phrase hit into a preference example "
+                    "(the token that started the phrase vs the model's own clean alternatives), and train "
+                    "LoRA (or the full model) with a preference + unlikelihood + KL-to-base loss. Runs under "
+                    "accelerate: `accelerate launch -m cull finetune ...` uses every GPU.")
+    add_sampling_options(p, "train")
+    p.add_argument("--out", required=True, metavar="DIR", help="output folder (merged model, or the adapter)")
+    p.add_argument("--full", action="store_true", help="full fine-tune instead of LoRA")
+    p.add_argument("--adapter-only", action="store_true", help="save the LoRA adapter, not a merged model")
+    p.add_argument("--resume", action="store_true", help="continue from the latest checkpoint in --out")
+    p.add_argument("--steps", type=positive_int("the value"), default=200, help="steps per round (early stopping may end it sooner)")
+    p.add_argument("--rounds", type=positive_int("the value"), default=1,
+                   help="rounds on policy: sample the tuned model, add its residual hits and newly over-used "
+                        "phrases, train again (tethered to the original base)")
+    p.add_argument("--method", default="cull", choices=["cull", "ul-mle", "nat"],
+                   help="cull's loss (default), or a baseline: unlikelihood+MLE (Welleck et al.), NAT negatives")
+    p.add_argument("--dtype", default="fp32", choices=["fp32", "bf16"], help="bf16: bf16 autocast, bf16 weights saved")
+    p.add_argument("--lr", type=float, default=None, help="learning rate (default 1e-3 LoRA, 5e-5 full)")
+    p.add_argument("--warmup", type=float, default=0.1, help="share of steps with a linear warm-up (then cosine decay)")
+    p.add_argument("--batch-size", type=positive_int("the value"), default=8, help="preference examples per step")
+    p.add_argument("--retain-batch-size", type=int, default=4, help="clean sequences per step (all their positions)")
+    p.add_argument("--checkpoint-every", type=int, default=50, metavar="N")
+    p.add_argument("--lora-r", type=positive_int("the value"), default=8)
+    p.add_argument("--lora-alpha", type=positive_int("the value"), default=16)
+    p.add_argument("--lora-targets", default=None, metavar="NAMES", help="comma-separated Linear layer names")
+    p.add_argument("--n-samples", type=positive_int("the value"), default=4, help="samples per training prompt")
+    p.add_argument("--gen-batch-size", type=positive_int("the value"), default=16)
+    p.add_argument("--max-examples", type=int, default=None, help="cap the preference examples")
+    v = p.add_argument_group("early stopping")
+    v.add_argument("--eval-every", type=int, default=25, metavar="N", help="validation check every N steps (0: none)")
+    v.add_argument("--val-samples", type=int, default=1, help="samples per validation prompt checked for hits")
+    v.add_argument("--max-ppl-rise", type=float, default=0.01, help="perplexity budget on held-out clean samples")
+    g = p.add_argument_group("loss")
+    g.add_argument("--w-pref", type=float, default=1.0, help="weight of the (clipped) preference term")
+    g.add_argument("--w-ul", type=float, default=1.0, help="weight of the gated unlikelihood term")
+    g.add_argument("--w-tether", type=float, default=0.4, help="weight of the logit tether at the hit contexts")
+    g.add_argument("--w-kl", type=float, default=1.0, help="weight of the dense KL retain on clean samples")
+    g.add_argument("--beta", type=float, default=1.0)
+    g.add_argument("--margin", type=float, default=2.0, help="logit margin of chosen over rejected where a pair stops pulling")
+    p.set_defaults(func=run_finetune)
+    return p
+
+
+def run_finetune(args) -> int:
+    from cull.measure.evaluate import load_prompts
+    from cull.finetune.loss import LossWeights
+    from cull.finetune.train import FinetuneConfig, finetune
+
+    rules = load_phrases(args)
+    prompts = load_prompts(args.prompts)
+    if args.adapter_only and args.full:
+        raise CullError("--adapter-only goes with LoRA; a full fine-tune always saves the whole model")
+    model, tok, base = load_model_for(args.model, args.threads)
+    cfg = FinetuneConfig(
+        steps=args.steps, lr=args.lr, batch_size=args.batch_size, retain_batch_size=args.retain_batch_size,
+        full=args.full, lora_r=args.lora_r, lora_alpha=args.lora_alpha,
+        lora_targets=tuple(args.lora_targets.split(",")) if args.lora_targets else None,
+        weights=LossWeights(args.w_pref, args.w_ul, args.w_kl, args.beta, args.margin, tether=args.w_tether),
+        seed=args.seed, rounds=args.rounds, method=args.method, dtype=args.dtype, warmup=args.warmup,
+        eval_every=args.eval_every, val_samples=args.val_samples, max_ppl_rise=args.max_ppl_rise,
+        checkpoint_every=args.checkpoint_every, adapter_only=args.adapter_only, n_samples=args.n_samples,
+        temperature=args.temperature, max_new_tokens=args.max_new_tokens, gen_batch_size=args.gen_batch_size,
+        chat=args.chat, max_examples=args.max_examples)
+    s = finetune(model, tok, rules, prompts, args.out, cfg, resume=args.resume, progress=not args.no_progress,
+                 base_path=base, say=say)
+    say(f"Saved the {s['saved']} model to {args.out} (load it with from_pretrained); measure it with "
+         f"`cull eval --model {args.out} --reference {args.model or 'smollm2'} ...`")
+    return 0

@@ -1,0 +1,1 @@
+"""Decode: the tables at generation time (the HF processor, per-row states, backtracking)."""

@@ -1,0 +1,1 @@
+"""Measure: generation helpers, scanning, text statistics, `eval` and `discover`."""

@@ -1,0 +1,31 @@
+"""Where cull's files are: the data shipped in the package, the shared test data, and the user cache."""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+PACKAGE_DATA = Path(__file__).resolve().parent / "data"
+
+
+def data_dir() -> Path:
+    """The shared data folder: ``$CULL_DATA_DIR``, else ``<repo>/../shared/data`` (source checkout),
+    else ``./../shared/data``. The path is returned even when it does not exist."""
+    env = os.environ.get("CULL_DATA_DIR")
+    if env:
+        return Path(env).expanduser()
+    candidates = [PACKAGE_DATA.parents[1].parent / "shared" / "data", Path.cwd() / ".." / "shared" / "data"]
+    for c in candidates:
+        if c.is_dir():
+            return c.resolve()
+    return candidates[0]
+
+
+def cache_dir() -> Path:
+    """cull's cache (compiled tables, the default model): ``$CULL_CACHE_DIR``, else
+    ``$XDG_CACHE_HOME/cull``, else ``~/.cache/cull``."""
+    env = os.environ.get("CULL_CACHE_DIR")
+    if env:
+        return Path(env).expanduser()
+    xdg = os.environ.get("XDG_CACHE_HOME")
+    base = Path(xdg).expanduser() if xdg and Path(xdg).expanduser().is_absolute() else Path.home() / ".cache"
+    return base / "cull"
