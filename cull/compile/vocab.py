@@ -70,7 +70,7 @@ class TokenVocab:
         cached = self.__dict__.get("_fingerprint")
         if cached is None:
             tb = self.token_bytes
-            h = hashlib.sha256(b"cull.compile.vocab/1\0")
+            h = hashlib.sha256(b"cull.vocab/1\0")  # a format tag (cache keys), not a module path
             h.update(np.array([len(tb)], dtype="<u8").tobytes())
             h.update(np.fromiter(map(len, tb), dtype="<u8", count=len(tb)).tobytes())
             h.update(b"".join(tb))
