@@ -358,6 +358,7 @@ def test_triton_backend_on_the_cpu_says_what_to_use(capsys, monkeypatch, command
     (["scan", "a.txt", "--cuont"], ["unrecognized argument --cuont; did you mean --count?"]),
     (["scan", "a.txt", "--per-lnie=yes"], ["unrecognized argument --per-lnie; did you mean --per-line?"]),
     (["generate", "--zzz"], ["unrecognized argument --zzz (see `cull generate --help`)"]),
+    (["--quiet", "scan", "a.txt"], ["--quiet goes after the command: `cull scan --quiet ...`"]),
     (["genrate", "--prompt", "x"], ["unknown command 'genrate'; did you mean generate?", "commands: demo,"]),
     (["generate", "--backend", "trtion"], ["invalid choice: 'trtion'; did you mean triton?"]),
     (["bench", "kernel"], ["no `cull bench` command", "python -m bench.compile_bench"]),
@@ -448,6 +449,20 @@ def test_generate_quiet_prints_the_text_only(capsys):
     assert rc == 0 and out == text and "fired at" in err
     rc, out, err = run(capsys, *argv, "-q")
     assert rc == 0 and out == text and err == ""
+
+
+def test_compile_quiet_and_no_progress(capsys, tmp_path):
+    gpt2 = need_data("tokenizers", "gpt2")
+    phrases = tmp_path / "p.txt"
+    phrases.write_text("delve\na testament to\n")
+    argv = ["compile", "--phrases", str(phrases), "--tokenizer", str(gpt2), "--no-cache", "--json"]
+    rc, out, err = run(capsys, *argv)
+    assert rc == 0 and "building the automaton" in err
+    stats = json.loads(out)
+    for flag in ("--no-progress", "--quiet"):
+        rc, out, err = run(capsys, *argv, flag)
+        assert rc == 0 and err == "", flag
+        assert json.loads(out)["states"] == stats["states"]
 
 
 def test_scan_quiet_keeps_the_matches(capsys, scan_files):

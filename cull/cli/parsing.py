@@ -88,6 +88,8 @@ def reject_unknown(parser: ArgumentParser, command_parser, extras: list[str]) ->
     options = [a for a in extras if a.startswith("-") and a != "-"]
     if options:
         word = options[0].split("=", 1)[0]
+        if command_parser is not None and word in option_strings(command_parser):  # given before the command
+            target.exit_with(f"{word} goes after the command: `{target.prog} {word} ...`")
         known = option_strings(target) + (option_strings(parser) if target is not parser else [])
         target.exit_with(f"unrecognized argument {word}{did_you_mean(word, known)} (see `{target.prog} --help`)")
     target.exit_with(f"unexpected argument {extras[0]!r} (see `{target.prog} --help`)")
