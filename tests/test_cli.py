@@ -202,7 +202,8 @@ def test_scan_highlights_matches_on_a_terminal(capsys, monkeypatch, tmp_path):
         got = term.getvalue()
         red = "\033[1;31mdelve\033[0m"
         if color:
-            assert got.startswith(f"\033[35m{tmp_path / 't.txt'}\033[0m:\033[32m2\033[0m:\033[32m205\033[0m: {red}\t…")
+            where = f"\033[35m{tmp_path / 't.txt'}\033[0m:\033[32m2\033[0m:\033[32m205\033[0m"
+            assert got.startswith(f"{where}: {red}\t…")
             assert got.count(red) == 2 and got.endswith("…\n")
         else:
             assert "\033" not in got and got.startswith(f"{tmp_path / 't.txt'}:2:205: delve\t…")

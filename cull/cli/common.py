@@ -84,7 +84,8 @@ def check_backend(backend: str, device) -> None:
     """Refuse a kernel backend that cannot run where the model runs, saying what to use instead."""
     import os
 
-    if backend != "triton" or getattr(device, "type", str(device)) == "cuda" or os.environ.get("TRITON_INTERPRET") == "1":
+    on_gpu = getattr(device, "type", str(device)) == "cuda"
+    if backend != "triton" or on_gpu or os.environ.get("TRITON_INTERPRET") == "1":
         return
     raise UsageError("--backend triton runs on a CUDA GPU, and this command runs the model on the CPU; "
                      "use --backend torch (or auto, which picks torch on the CPU)")

@@ -10,7 +10,8 @@ import time
 from pathlib import Path
 
 from cull.resources import PACKAGE_DATA, data_dir
-from cull.cli.common import add_model_options, add_output_options, check_backend, consoles, positive_int, quiet_transformers
+from cull.cli.common import (add_model_options, add_output_options, check_backend, consoles, positive_int,
+                             quiet_transformers)
 from cull.errors import CullError, require
 from cull.rules.find import find
 from cull.measure.models import load_model, resolve_model

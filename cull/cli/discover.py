@@ -61,8 +61,8 @@ def run_discover(args) -> int:
     print(f"{res['generations']} generations, {len(candidates):,} candidate phrases")
     print("Known slop it writes (hits): " + (", ".join(f"{k['phrase']} ({k['count']})" for k in res["known"])
                                              or "none at this sample size; try more --n-samples"))
-    print("Recurring n-grams (generations): " + (", ".join(f"{t['ngram']} ({t['generations']})" for t in res["tics"][:15])
-                                                 or "none at this sample size"))
+    tics = ", ".join(f"{t['ngram']} ({t['generations']})" for t in res["tics"][:15])
+    print("Recurring n-grams (generations): " + (tics or "none at this sample size"))
     if args.out:
         print(f"Wrote {len(res['known'])} phrases to {args.out}")
     return 0

@@ -34,7 +34,8 @@ def add_parser(subparsers):
                    help="generations run together; more is faster and takes more memory")
     p.add_argument("--with-processor", action="store_true",
                    help="generate with the phrases banned and count ban events (the reference runs without it)")
-    p.add_argument("--out", default=None, metavar="PREFIX", help="write PREFIX.json, PREFIX.md and PREFIX.png (default: not written)")
+    p.add_argument("--out", default=None, metavar="PREFIX",
+                   help="write PREFIX.json, PREFIX.md and PREFIX.png (default: not written)")
     p.add_argument("--json", action="store_true", help="print the results as JSON")
     p.set_defaults(func=run_eval)
     return p

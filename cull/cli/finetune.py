@@ -58,7 +58,8 @@ def add_parser(subparsers):
     g.add_argument("--w-ul", type=float, default=1.0, metavar="W", help="weight of the gated unlikelihood term")
     g.add_argument("--w-tether", type=float, default=0.4, metavar="W",
                    help="weight of the logit tether at the hit contexts")
-    g.add_argument("--w-kl", type=float, default=1.0, metavar="W", help="weight of the dense KL retain on clean samples")
+    g.add_argument("--w-kl", type=float, default=1.0, metavar="W",
+                   help="weight of the dense KL retain on clean samples")
     g.add_argument("--beta", type=float, default=1.0, metavar="B",
                    help="sharpness of the preference term: softplus(beta * (margin - logit gap))")
     g.add_argument("--margin", type=float, default=2.0, metavar="M",
