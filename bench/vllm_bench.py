@@ -11,7 +11,7 @@ The model is a random-weight Llama of SmolLM2-135M's shape with Qwen2's tokenize
 greedy, a fixed number of tokens (ignore_eos). Variants run round-robin, so machine noise hits them
 alike. Before timing, each cull output is checked for the banned phrases.
 
-    .venv-vllm/bin/python -m bench.vllm_bench           # or, from that venv: cull bench e2e --engine vllm
+    .venv-vllm/bin/python -m bench.vllm_bench
     .venv-vllm/bin/python -m bench.vllm_bench --quick
 """
 from __future__ import annotations

@@ -13,7 +13,7 @@ from cull.cli.main import main
 from cull.measure import models
 from cull.measure.scan import prefiltered, scan_texts
 
-SUBCOMMANDS = ("demo", "generate", "compile", "scan", "bench", "finetune", "eval", "discover")
+SUBCOMMANDS = ("demo", "generate", "compile", "scan", "finetune", "eval", "discover")
 
 
 @pytest.fixture(autouse=True)
@@ -148,8 +148,67 @@ def test_scan_counts(capsys, scan_files):
     assert rc == 0
     report = json.loads(out)
     assert (report["documents"], report["words"], report["hits"]) == (3, 19, 6)
-    rc, out, _ = run(capsys, "scan", str(d / "a.txt"), str(d / "b.jsonl"), "--phrases", str(d / "p.txt"))
+    rc, out, _ = run(capsys, "scan", str(d / "a.txt"), str(d / "b.jsonl"), "--phrases", str(d / "p.txt"), "--count")
     assert rc == 0 and "delv*" in out and "360.000" in out
+
+
+def test_scan_lists_matches_like_grep(capsys, scan_files):
+    d = scan_files
+    a, b = str(d / "a.txt"), str(d / "b.jsonl")
+    rc, out, err = run(capsys, "scan", a, b, "--phrases", str(d / "p.txt"))
+    assert rc == 0, err
+    line1 = "She delved into the tapestry. A testament to delving."
+    line3 = "The Tapestry of life, a TESTAMENT   to class."
+    assert out.splitlines() == [
+        f"{a}:1:5: delv\t{line1}", f"{a}:1:21: tapestry\t{line1}", f"{a}:1:33: testament to\t{line1}",
+        f"{a}:1:46: delv\t{line1}", f"{a}:3:5: Tapestry\t{line3}", f"{a}:3:25: TESTAMENT   to\t{line3}",
+        f"{b}:1:3: delv\tI delve, you delve.", f"{b}:1:14: delv\tI delve, you delve.",  # the record's line
+        f"{b}:3:3: tapestry\ta tapestry",
+    ]
+    assert "9 matches in 2 files" in err and "--count" in err
+    rc, per_line, _ = run(capsys, "scan", a, "--phrases", str(d / "p.txt"), "--per-line")
+    assert rc == 0 and per_line.splitlines() == out.splitlines()[:6]  # the same places, one document a line
+
+
+def test_scan_count_is_the_table(capsys, scan_files):
+    d = scan_files
+    rc, out, err = run(capsys, "scan", str(d / "a.txt"), str(d / "b.jsonl"), "--phrases", str(d / "p.txt"), "-c",
+                       "--top", "2")
+    assert rc == 0, err
+    assert "9 hits in 3 documents (25 words, 2 files): 360.000 per 1,000 words" in out
+    rows = [[cell.strip() for cell in line.split("│")[1:-1]] for line in out.splitlines() if line.startswith("│")]
+    assert rows == [["delv*", "4", "160.000"], ["tapestry", "3", "120.000"], ["... 1 more (--top N)", "", ""],
+                    ["total", "9", "360.000"]]
+    assert ":1:5:" not in out
+
+
+def test_scan_highlights_matches_on_a_terminal(capsys, monkeypatch, tmp_path):
+    import io
+
+    class Terminal(io.StringIO):
+        def isatty(self):
+            return True
+
+    long_line = "word " * 40 + "she delved deep " + "word " * 40
+    (tmp_path / "t.txt").write_text("x\n" + long_line + "\n")
+    for color in (True, False):
+        if color:
+            monkeypatch.delenv("NO_COLOR")
+        else:
+            monkeypatch.setenv("NO_COLOR", "1")
+        term = Terminal()
+        monkeypatch.setattr(sys, "stdout", term)
+        assert main(["scan", str(tmp_path / "t.txt"), "--phrase", "delve*", "--quiet"]) == 0
+        got = term.getvalue()
+        red = "\033[1;31mdelve\033[0m"
+        if color:
+            where = f"\033[35m{tmp_path / 't.txt'}\033[0m:\033[32m2\033[0m:\033[32m205\033[0m"
+            assert got.startswith(f"{where}: {red}\t…")
+            assert got.count(red) == 2 and got.endswith("…\n")
+        else:
+            assert "\033" not in got and got.startswith(f"{tmp_path / 't.txt'}:2:205: delve\t…")
+            context = got.split("\t", 1)[1]
+            assert context == "…" + long_line[204 - 60:209 + 60] + "…\n"  # a long line: the match and some context
 
 
 def test_scan_jsonl_field_errors(capsys, scan_files):
@@ -204,6 +263,213 @@ def test_generate_bad_inputs(capsys, tmp_path):
     assert_one_line_error(rc, err, "missing-model", "not found", "--model")
     rc, _, err = run(capsys, "generate", "--model", str(model), "--prompt", "x", "--phrase", "x", "--mode", "bias")
     assert_one_line_error(rc, err, "--bias")
+
+
+def test_generate_samples_by_default_and_the_seed_repeats_it(capsys):
+    model = need_data("models", "stories260K")
+    argv = ("generate", "--model", str(model), "--prompt", "", "--max-new-tokens", "30")
+    runs = {}
+    for extra in ((), (), ("--seed", "0"), ("--seed", "1"), ("--seed", "2"), ("--greedy",)):
+        rc, out, err = run(capsys, *argv, *extra)
+        assert rc == 0, err
+        runs.setdefault(extra, []).append(out)
+    assert runs[()][0] == runs[()][1] == runs[("--seed", "0")][0]  # the default seed is 0, and it repeats
+    sampled = {runs[()][0], runs[("--seed", "1")][0], runs[("--seed", "2")][0]}
+    assert len(sampled) == 3  # other seeds, other stories
+    greedy = runs[("--greedy",)][0]
+    assert greedy not in sampled
+    rc, out, err = run(capsys, *argv)
+    assert "sampled at temperature 0.7, top-p 0.9, seed 0" in err
+    rc, out, err = run(capsys, *argv, "--greedy")
+    assert out == greedy and "greedy" in err and "seed" not in err
+    rc, _, err = run(capsys, *argv, "--greedy", "--seed", "3")
+    assert_one_line_error(rc, err, "--seed goes with sampling", "--greedy")
+    rc, _, err = run(capsys, *argv, "--temperature", "0")
+    assert_one_line_error(rc, err, "--temperature must be above 0", "--greedy")
+    with pytest.raises(SystemExit) as exc:
+        main([*argv, "--top-p", "1.5"])
+    assert exc.value.code == 2 and "--top-p must be above 0 and at most 1, got 1.5" in capsys.readouterr().err
+
+
+def test_generate_reports_how_often_the_ban_fired(capsys):
+    """Greedy from BOS, stories260K writes "Once upon a time": with the phrase banned, its top choice is
+    banned exactly once (at "time"); the report says so, with the number of steps."""
+    import re
+
+    model = need_data("models", "stories260K")
+    rc, out, err = run(capsys, "generate", "--model", str(model), "--prompt", "", "--max-new-tokens", "30",
+                       "--greedy", "--phrase", "Once upon a time")
+    assert rc == 0, err
+    assert out.lower().startswith("once upon a") and "once upon a time" not in out.lower()
+    m = re.search(r"1 phrase banned: fired at (\d+) of (\d+) steps \(the model's most likely next token was banned\); "
+                  r"banned tokens held at least 1% of the probability at (\d+)", err)
+    assert m, err
+    fired, steps, masked = map(int, m.groups())
+    assert (fired, steps) == (1, 30) and masked >= fired
+    rc, out, err = run(capsys, "generate", "--model", str(model), "--prompt", "", "--max-new-tokens", "30",
+                       "--greedy", "--phrase", "purple elephant")
+    assert rc == 0 and "1 phrase banned: fired at 0 of 30 steps" in err
+
+
+def test_ban_tally_counts_top_choices_and_masked_probability():
+    import torch
+
+    from cull.measure.generate import BanTally
+
+    def ban_token_1(input_ids, scores):
+        scores[:, 1] = float("-inf")  # in place, as processors may
+        return scores
+
+    tally = BanTally(ban_token_1)
+    scores = torch.tensor([[0.0, 5.0, 1.0], [5.0, -2.0, 1.0], [5.0, 1.0, 0.0]])
+    tally(None, scores)
+    # row 0: token 1 was the top choice; row 2: it held e^1 / (e^5 + e^1 + 1) = 1.8% (>= 1%); row 1: 0.02%
+    assert (tally.steps, tally.top_changed, tally.masked) == (3, 1, 2)
+
+
+def test_generate_backtrack_uses_the_current_cache_argument(capsys):
+    """No FutureWarning from transformers about `past_key_values` (the KV cache is passed as it wants)."""
+    import warnings
+
+    model = need_data("models", "stories260K")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", FutureWarning)
+        rc, out, err = run(capsys, "generate", "--model", str(model), "--prompt", "", "--max-new-tokens", "30",
+                           "--phrase", "Once upon a time", "--backtrack")
+    assert rc == 0, err
+    assert "once upon a time" not in out.lower() and "backtrack" in err
+
+
+@pytest.mark.parametrize("command", ["generate", "demo"])
+def test_triton_backend_on_the_cpu_says_what_to_use(capsys, monkeypatch, command):
+    """The commands run the model on the CPU, where the Triton kernel cannot run (it needs a CUDA GPU,
+    or TRITON_INTERPRET=1): one line saying so and naming the backends that work, before any loading."""
+    monkeypatch.delenv("TRITON_INTERPRET", raising=False)
+    model = need_data("models", "stories260K")
+    argv = ["--model", str(model), "--backend", "triton"]
+    argv += ["--prompt", "x", "--phrase", "delve"] if command == "generate" else []
+    rc, _, err = run(capsys, command, *argv)
+    assert_one_line_error(rc, err, "--backend triton runs on a CUDA GPU", "--backend torch", "auto")
+
+
+# ---- parser: suggestions, help, errors ----
+@pytest.mark.parametrize("argv,needles", [
+    (["generate", "--phrses", "x"], ["unrecognized argument --phrses; did you mean --phrases?",
+                                     "cull generate --help"]),
+    (["scan", "a.txt", "--cuont"], ["unrecognized argument --cuont; did you mean --count?"]),
+    (["scan", "a.txt", "--per-lnie=yes"], ["unrecognized argument --per-lnie; did you mean --per-line?"]),
+    (["generate", "--zzz"], ["unrecognized argument --zzz (see `cull generate --help`)"]),
+    (["--quiet", "scan", "a.txt"], ["--quiet goes after the command: `cull scan --quiet ...`"]),
+    (["genrate", "--prompt", "x"], ["unknown command 'genrate'; did you mean generate?", "commands: demo,"]),
+    (["generate", "--backend", "trtion"], ["invalid choice: 'trtion'; did you mean triton?"]),
+    (["bench", "kernel"], ["no `cull bench` command", "python -m bench.compile_bench"]),
+    (["scan", "a.txt", "--top", "0"], ["--top must be at least 1, got 0"]),
+])
+def test_misspellings_get_a_suggestion_on_one_line(capsys, argv, needles):
+    with pytest.raises(SystemExit) as exc:
+        main(argv)
+    out, err = capsys.readouterr()
+    assert exc.value.code == 2 and out == ""
+    assert_one_line_error(2, err, *needles)
+    assert "argument --top: --top" not in err  # the option is named once
+
+
+def test_every_option_has_help_that_states_its_default(capsys):
+    from cull.cli.main import build_parser
+    from cull.cli.parsing import help_with_default
+
+    parser = build_parser()
+    assert set(parser.commands) == set(SUBCOMMANDS)
+    missing = []
+    for name, sub in parser.commands.items():
+        for action in sub._actions:
+            text = help_with_default(action)
+            if not text:
+                missing.append(f"{name} {action.option_strings or action.dest}: no help")
+            elif action.option_strings and action.nargs != 0 and not ("default" in text or "required" in text):
+                missing.append(f"{name} {action.option_strings}: no default in {text!r}")
+    assert not missing, "\n".join(missing)
+    helps = {}
+    for name in SUBCOMMANDS:
+        with pytest.raises(SystemExit):
+            main([name, "--help"])
+        helps[name] = " ".join(capsys.readouterr().out.split())
+    assert "--temperature T sampling temperature (default: 0.7)" in helps["generate"]
+    assert "--seed N random seed: the same seed gives the same text (default: 0)" in helps["generate"]
+    assert "--max-new-tokens N new tokens at most (default: 200)" in helps["generate"]
+    assert "--top N phrases in the --count table (default: 30)" in helps["scan"]
+    assert "--steps N steps per round (early stopping may end it sooner); default: 200" in helps["finetune"]
+    assert "95% CIs" in helps["eval"] and "%%" not in "".join(helps.values())
+    for name, text in helps.items():  # every command shows a spinner or progress bars
+        assert "-q, --quiet" in text and "--no-progress" in text, name
+
+
+def test_unexpected_errors_are_one_line_unless_debug(capsys, monkeypatch):
+    from cull.cli import scan
+
+    def broken(args):
+        raise RuntimeError("something went wrong\nsecond line")
+
+    monkeypatch.setattr(scan, "cmd_scan", broken)
+    rc, out, err = run(capsys, "scan", "x.txt")
+    assert rc == 1 and out == ""
+    assert err.strip() == ("error: internal error in `cull scan`: RuntimeError: something went wrong "
+                           "(rerun with --debug for the traceback, and please report it)")
+    for argv in (["--debug", "scan", "x.txt"], ["scan", "x.txt", "--debug"]):
+        with pytest.raises(RuntimeError, match="something went wrong"):
+            main(argv)
+
+
+# ---- quiet and no-progress ----
+def test_quiet_and_no_progress_silence_all_but_the_results(capsys, tmp_path):
+    """discover on stories260K: transformers' "Loading weights" bar and the sampling bar show by
+    default; --no-progress hides them (messages stay), --quiet leaves nothing on stderr."""
+    from transformers.utils import logging as hf_logging
+
+    model = need_data("models", "stories260K")
+    argv = ["discover", "--model", str(model), "--prompts", str(_prompts(tmp_path)), "--n-samples", "1",
+            "--max-new-tokens", "4"]
+    hf_logging.enable_progress_bar()  # an earlier command in this process may have turned it off
+    rc, out, err = run(capsys, *argv)
+    assert rc == 0 and "Loading weights" in err and "sampling" in err
+    results = out
+    rc, out, err = run(capsys, *argv, "--no-progress")
+    assert rc == 0 and out == results
+    assert "Loading weights" not in err and "sampling" not in err and "\r" not in err
+    hf_logging.enable_progress_bar()
+    rc, out, err = run(capsys, *argv, "--quiet")
+    assert rc == 0 and out == results and err == ""
+
+
+def test_generate_quiet_prints_the_text_only(capsys):
+    model = need_data("models", "stories260K")
+    argv = ["generate", "--model", str(model), "--prompt", "", "--max-new-tokens", "20", "--phrase", "Once upon a time"]
+    rc, text, err = run(capsys, *argv)
+    assert rc == 0 and "tokens in" in err and "fired at" in err
+    rc, out, err = run(capsys, *argv, "--no-progress")
+    assert rc == 0 and out == text and "fired at" in err
+    rc, out, err = run(capsys, *argv, "-q")
+    assert rc == 0 and out == text and err == ""
+
+
+def test_compile_quiet_and_no_progress(capsys, tmp_path):
+    gpt2 = need_data("tokenizers", "gpt2")
+    phrases = tmp_path / "p.txt"
+    phrases.write_text("delve\na testament to\n")
+    argv = ["compile", "--phrases", str(phrases), "--tokenizer", str(gpt2), "--no-cache", "--json"]
+    rc, out, err = run(capsys, *argv)
+    assert rc == 0 and "building the automaton" in err
+    stats = json.loads(out)
+    for flag in ("--no-progress", "--quiet"):
+        rc, out, err = run(capsys, *argv, flag)
+        assert rc == 0 and err == "", flag
+        assert json.loads(out)["states"] == stats["states"]
+
+
+def test_scan_quiet_keeps_the_matches(capsys, scan_files):
+    d = scan_files
+    rc, out, err = run(capsys, "scan", str(d / "a.txt"), "--phrases", str(d / "p.txt"), "--quiet")
+    assert rc == 0 and err == "" and out.count("\n") == 6
 
 
 # ---- model helpers (no network: pip is faked) ----

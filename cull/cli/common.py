@@ -12,37 +12,100 @@ class UsageError(CullError):
     """A bad combination of command-line options."""
 
 
-def consoles():
+def consoles(args=None):
+    """(stdout, stderr) rich consoles. Results go to stdout; stderr carries messages and spinners,
+    without spinners under --no-progress and silent under --quiet."""
     from cull.errors import require
 
     require("rich", "hf")
     from rich.console import Console
 
-    return Console(), Console(stderr=True, log_path=False)
+    quiet = bool(getattr(args, "quiet", False))
+    err_class = Console if progress_wanted(args) else _console_without_spinners()
+    return Console(), err_class(stderr=True, log_path=False, quiet=quiet)
 
 
-def quiet_transformers() -> None:
-    """Our own spinner and messages replace transformers' progress bars and warnings."""
+def _console_without_spinners():
+    from rich.console import Console
+
+    class NoSpinner:
+        def update(self, *args, **kwargs):
+            pass
+
+        start = stop = update
+
+        def __enter__(self):
+            return self
+
+        def __exit__(self, *exc):
+            return False
+
+    class ConsoleWithoutSpinners(Console):
+        def status(self, *args, **kwargs):
+            return NoSpinner()
+
+    return ConsoleWithoutSpinners
+
+
+def progress_wanted(args) -> bool:
+    return not (getattr(args, "quiet", False) or getattr(args, "no_progress", False))
+
+
+def add_output_options(p: argparse.ArgumentParser, bars: bool = True) -> None:
+    """--quiet, and --no-progress for the commands that show spinners or progress bars."""
+    g = p.add_argument_group("output")
+    if bars:
+        g.add_argument("--no-progress", action="store_true",
+                       help="no spinners or progress bars (transformers' included); messages still print")
+    g.add_argument("-q", "--quiet", action="store_true",
+                   help="print the results only: no progress, messages or warnings (errors still print)")
+
+
+def quiet_transformers(warnings: bool = True) -> None:
+    """Hide transformers' progress bars (our spinners and --no-progress replace them) and, with
+    `warnings`, its warnings too."""
     try:
         from transformers.utils import logging as hf_logging
     except ImportError:
         return
-    hf_logging.set_verbosity_error()
+    if warnings:
+        hf_logging.set_verbosity_error()
     hf_logging.disable_progress_bar()
 
 
-def add_phrase_options(p: argparse.ArgumentParser, required: bool = False, modes: bool = True) -> None:
+def sayer(args):
+    """A `say(msg)` for messages on stderr, silent under --quiet."""
+    if getattr(args, "quiet", False):
+        return lambda msg: None
+    return say
+
+
+def check_backend(backend: str, device) -> None:
+    """Refuse a kernel backend that cannot run where the model runs, saying what to use instead."""
+    import os
+
+    on_gpu = getattr(device, "type", str(device)) == "cuda"
+    if backend != "triton" or on_gpu or os.environ.get("TRITON_INTERPRET") == "1":
+        return
+    raise UsageError("--backend triton runs on a CUDA GPU, and this command runs the model on the CPU; "
+                     "use --backend torch (or auto, which picks torch on the CPU)")
+
+
+def add_phrase_options(p: argparse.ArgumentParser, when_none: str, modes: bool = True) -> None:
+    """--phrases, --phrase and the matching options; `when_none` says what happens without phrases."""
     g = p.add_argument_group("phrases")
     g.add_argument("--phrases", action="append", default=[], metavar="FILE",
                    help="phrase file: .txt (one a line), .json, .yaml, antislop [phrase, multiplier] "
-                        "pairs (repeatable)")
+                        f"pairs; repeatable (default: {when_none})")
     g.add_argument("--phrase", action="append", default=[], metavar="TEXT",
-                   help="one phrase, e.g. --phrase 'a testament to' or --phrase 'delv*' (repeatable)")
+                   help="one phrase, e.g. --phrase 'a testament to' or --phrase 'delv*'; repeatable, and adds "
+                        "to --phrases (default: none)")
     if modes:
         g.add_argument("--mode", choices=("ban", "bias"), default=None,
                        help="ban (never written) or bias (made less likely); default: ban, or what the file says")
         g.add_argument("--bias", type=float, default=None, metavar="DELTA",
-                       help="logit delta for --mode bias, e.g. -5 (antislop multipliers give their own)")
+                       help="logit delta for --mode bias, e.g. -5 (default: the file's own, as antislop's "
+                            "multipliers give)")
     g.add_argument("--allow-symbols", action="store_true", help="accept phrases without letters or digits")
     g.add_argument("--ignore-accents", action="store_true",
                    help="accent-insensitive matching: 'cafe' also matches 'café' (off by default)")
@@ -99,7 +162,8 @@ def add_model_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--threads", type=positive_int("--threads"), default=None, metavar="N",
                    help="CPU threads for torch (default: the idle cores)")
     p.add_argument("--backend", choices=("auto", "torch", "triton", "reference"), default="auto",
-                   help="processor kernel backend (default: auto)")
+                   help="the processor's kernels: torch (CPU or GPU), triton (CUDA GPU only), reference (slow, "
+                        "for checks), or auto (triton on a GPU, torch otherwise)")
 
 
 def print_error(msg: str) -> None:
@@ -113,21 +177,25 @@ def add_sampling_options(p, prompts_default: str):
     p.add_argument("--model", default=None, metavar="PATH",
                    help="HF model folder or .gguf file (default: SmolLM2-135M-Instruct, no hub needed)")
     p.add_argument("--phrases", action="append", default=[], metavar="FILE",
-                   help="phrase file (.txt, .json, .yaml, antislop pairs); repeatable")
-    p.add_argument("--phrase", action="append", default=[], metavar="TEXT", help="one phrase; repeatable")
+                   help="phrase file (.txt, .json, .yaml, antislop pairs); repeatable (required, or --phrase)")
+    p.add_argument("--phrase", action="append", default=[], metavar="TEXT",
+                   help="one phrase; repeatable, and adds to --phrases (default: none)")
     p.add_argument("--prompts", default=prompts_default, metavar="FILE",
                    help=f"prompts: .json list or {{category: [...]}}, .txt one a line, or a built-in set "
                         f"(train, heldout); default: {prompts_default}")
     chat = p.add_mutually_exclusive_group()
     chat.add_argument("--chat", dest="chat", action="store_const", const=True, default=None,
-                      help="send prompts through the chat template (an error if the model has none)")
+                      help="send prompts through the chat template (an error if the model has none; "
+                           "default: the template when the model has one)")
     chat.add_argument("--raw", dest="chat", action="store_const", const=False,
                       help="send prompts as raw text (an empty prompt is BOS only)")
-    p.add_argument("--max-new-tokens", type=positive_int("the value"), default=128)
-    p.add_argument("--temperature", type=float, default=0.8)
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--threads", type=positive_int("the value"), default=None, help="CPU threads (default: the idle cores)")
-    p.add_argument("--no-progress", action="store_true", help="no progress bars")
+    p.add_argument("--max-new-tokens", type=positive_int("--max-new-tokens"), default=128, metavar="N",
+                   help="new tokens per generation at most")
+    p.add_argument("--temperature", type=float, default=0.8, metavar="T", help="sampling temperature")
+    p.add_argument("--seed", type=int, default=0, metavar="N", help="random seed: the same seed gives the same samples")
+    p.add_argument("--threads", type=positive_int("--threads"), default=None, metavar="N",
+                   help="CPU threads for torch (default: the idle cores)")
+    add_output_options(p)
 
 
 def load_phrases(args):
@@ -143,11 +211,11 @@ def load_phrases(args):
     return PhraseSet(rules)
 
 
-def load_model_for(path, threads):
+def load_model_for(args, path):
     """A model, its tokenizer and the base path (messages to stderr), for finetune, eval and discover."""
     from cull.measure.models import load_model_with_base
 
-    return load_model_with_base(path, threads=threads, say=say)
+    return load_model_with_base(path, threads=args.threads, say=sayer(args), quiet=not progress_wanted(args))
 
 
 def say(msg) -> None:

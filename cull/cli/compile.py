@@ -5,14 +5,15 @@ import json
 import time
 from pathlib import Path
 
-from cull.cli.common import add_phrase_options, consoles, load_rules, quiet_transformers
+from cull.cli.common import (add_output_options, add_phrase_options, consoles, load_rules, progress_wanted,
+                             quiet_transformers)
 
 def cmd_compile(args) -> int:
     from cull.compile.cache import compile_rules
     from cull.measure.models import load_tokenizer, resolve_model
 
     rules = load_rules(args)
-    out, err = consoles()
+    out, err = consoles(args)
     source = args.tokenizer
     if source is None or not Path(source).expanduser().is_dir():
         folder, gguf = resolve_model(source, say=err.log)  # checks the path, downloads the default
@@ -25,7 +26,7 @@ def cmd_compile(args) -> int:
 
         tok = load_tokenizer(source, say=say)
     t0 = time.perf_counter()
-    matcher = compile_rules(rules, tok, cache=not args.no_cache, progress=True)
+    matcher = compile_rules(rules, tok, cache=not args.no_cache, progress=progress_wanted(args))
     wall = time.perf_counter() - t0
     cached = bool(matcher.meta.get("from_cache"))
     stats = matcher.stats()
@@ -55,9 +56,10 @@ def cmd_compile(args) -> int:
 def add_parser(sub) -> None:
     p = sub.add_parser("compile", help="compile phrases against a tokenizer and show the table sizes",
                        description="Compile phrases against a tokenizer (cached under $CULL_CACHE_DIR).")
-    add_phrase_options(p)
+    add_phrase_options(p, "none; give --phrases or --phrase")
     p.add_argument("--tokenizer", default=None, metavar="PATH",
                    help="HF tokenizer/model folder or .gguf file (default: the default model's)")
     p.add_argument("--no-cache", action="store_true", help="compile afresh; neither read nor write the cache")
     p.add_argument("--json", action="store_true", help="print the statistics as JSON")
+    add_output_options(p)
     p.set_defaults(func=cmd_compile)

@@ -10,7 +10,8 @@ import time
 from pathlib import Path
 
 from cull.resources import PACKAGE_DATA, data_dir
-from cull.cli.common import add_model_options, consoles, positive_int, quiet_transformers
+from cull.cli.common import (add_model_options, add_output_options, check_backend, consoles, positive_int,
+                             quiet_transformers)
 from cull.errors import CullError, require
 from cull.rules.find import find
 from cull.measure.models import load_model, resolve_model
@@ -231,8 +232,9 @@ def _short(s: str, n: int = 32) -> str:
 
 
 def cmd_demo(args) -> int:
+    check_backend(args.backend, "cpu")  # load_model puts the model on the CPU
     quiet_transformers()
-    out, err = consoles()
+    out, err = consoles(args)
     run_demo(model=args.model, phrases=args.phrases, max_new_tokens=args.max_new_tokens,
              n_prompts=args.prompts, json_path=args.json, threads=args.threads, backend=args.backend,
              console=out, err=err)
@@ -248,5 +250,6 @@ def add_parser(sub) -> None:
     p.add_argument("--max-new-tokens", type=positive_int("--max-new-tokens"), default=120, metavar="N",
                    help="new tokens per answer (default: 120)")
     p.add_argument("--prompts", type=positive_int("--prompts"), default=3, metavar="N", help="how many prompts (1-6)")
-    p.add_argument("--json", default=None, metavar="PATH", help="also write the results as JSON")
+    p.add_argument("--json", default=None, metavar="PATH", help="also write the results as JSON (default: not written)")
+    add_output_options(p)
     p.set_defaults(func=cmd_demo)

@@ -4,7 +4,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from cull.cli.common import add_sampling_options, load_model_for, load_phrases, positive_int, say
+from cull.cli.common import add_sampling_options, load_model_for, load_phrases, positive_int, say, sayer
 from cull.errors import CullError
 
 
@@ -12,11 +12,12 @@ def add_parser(subparsers):
     p = subparsers.add_parser(
         "eval", help="count the phrase hits in a model's outputs, and what else changed",
         description="Sample a model on prompts (processor off unless --with-processor) and report phrase "
-                    "hits per 1,000 words and per generation with bootstrap 95%% CIs, perplexity on clean "
+                    "hits per 1,000 words and per generation with bootstrap 95% CIs, perplexity on clean "
                     "text, KL from a reference model, distinct-n and over-represented n-grams.")
     add_sampling_options(p, "heldout")
     p.add_argument("--reference", default=None, metavar="PATH",
-                   help="the base model: adds its hits (before), the KL from it and over-represented n-grams")
+                   help="the base model: adds its hits (before), the KL from it and over-represented n-grams "
+                        "(default: none)")
     p.add_argument("--clean-texts", default="neutral_texts", metavar="FILE",
                    help="clean text for perplexity: a .json list of strings or {prompt, text} objects "
                         "(default: cull's neutral text set); 'none' to skip")
@@ -24,13 +25,17 @@ def add_parser(subparsers):
                    help="human-written English for a second perplexity: 'auto' (Debian's jargon-text package "
                         "when installed: apt-get install jargon-text), 'jargon' (the same, an error when absent), "
                         "a text or .gz file, or 'none'")
-    p.add_argument("--human-tokens", type=positive_int("the value"), default=20_000, help="tokens of human text to score")
-    p.add_argument("--n-samples", type=positive_int("the value"), default=8, help="sampled generations per prompt (default 8)")
+    p.add_argument("--human-tokens", type=positive_int("--human-tokens"), default=20_000, metavar="N",
+                   help="tokens of human text to score")
+    p.add_argument("--n-samples", type=positive_int("--n-samples"), default=8, metavar="N",
+                   help="sampled generations per prompt")
     p.add_argument("--no-greedy", action="store_true", help="skip the one greedy generation per prompt")
-    p.add_argument("--batch-size", type=positive_int("the value"), default=16)
+    p.add_argument("--batch-size", type=positive_int("--batch-size"), default=16, metavar="N",
+                   help="generations run together; more is faster and takes more memory")
     p.add_argument("--with-processor", action="store_true",
                    help="generate with the phrases banned and count ban events (the reference runs without it)")
-    p.add_argument("--out", default=None, metavar="PREFIX", help="write PREFIX.json, PREFIX.md and PREFIX.png")
+    p.add_argument("--out", default=None, metavar="PREFIX",
+                   help="write PREFIX.json, PREFIX.md and PREFIX.png (default: not written)")
     p.add_argument("--json", action="store_true", help="print the results as JSON")
     p.set_defaults(func=run_eval)
     return p
@@ -80,9 +85,9 @@ def run_eval(args) -> int:
     rules = load_phrases(args)
     prompts = load_prompts(args.prompts)
     clean = _clean_texts(args.clean_texts)
-    model, tok, _ = load_model_for(args.model, args.threads)
-    ref = load_model_for(args.reference, args.threads)[0] if args.reference else None
-    human = human_texts_for(args.human_text, tok, args.human_tokens)
+    model, tok, _ = load_model_for(args, args.model)
+    ref = load_model_for(args, args.reference)[0] if args.reference else None
+    human = human_texts_for(args.human_text, tok, args.human_tokens, say=sayer(args))
     proc = BanCounter(CullLogitsProcessor(rules, tok, vocab_size=model.config.vocab_size)) \
         if args.with_processor else None
     res = evaluate(model, tok, rules, prompts, n_samples=args.n_samples, temperature=args.temperature,

@@ -2,7 +2,7 @@
 several GPUs)."""
 from __future__ import annotations
 
-from cull.cli.common import add_sampling_options, load_model_for, load_phrases, positive_int, say
+from cull.cli.common import add_sampling_options, load_model_for, load_phrases, positive_int, say, sayer
 from cull.errors import CullError
 
 
@@ -14,39 +14,56 @@ def add_parser(subparsers):
                     "LoRA (or the full model) with a preference + unlikelihood + KL-to-base loss. Runs under "
                     "accelerate: `accelerate launch -m cull finetune ...` uses every GPU.")
     add_sampling_options(p, "train")
-    p.add_argument("--out", required=True, metavar="DIR", help="output folder (merged model, or the adapter)")
+    p.add_argument("--out", required=True, metavar="DIR", help="output folder (merged model, or the adapter); required")
     p.add_argument("--full", action="store_true", help="full fine-tune instead of LoRA")
     p.add_argument("--adapter-only", action="store_true", help="save the LoRA adapter, not a merged model")
     p.add_argument("--resume", action="store_true", help="continue from the latest checkpoint in --out")
-    p.add_argument("--steps", type=positive_int("the value"), default=200, help="steps per round (early stopping may end it sooner)")
-    p.add_argument("--rounds", type=positive_int("the value"), default=1,
+    p.add_argument("--steps", type=positive_int("--steps"), default=200, metavar="N",
+                   help="steps per round (early stopping may end it sooner)")
+    p.add_argument("--rounds", type=positive_int("--rounds"), default=1, metavar="N",
                    help="rounds on policy: sample the tuned model, add its residual hits and newly over-used "
                         "phrases, train again (tethered to the original base)")
     p.add_argument("--method", default="cull", choices=["cull", "ul-mle", "nat"],
-                   help="cull's loss (default), or a baseline: unlikelihood+MLE (Welleck et al.), NAT negatives")
+                   help="cull's loss, or a baseline: unlikelihood+MLE (Welleck et al.), NAT negatives")
     p.add_argument("--dtype", default="fp32", choices=["fp32", "bf16"], help="bf16: bf16 autocast, bf16 weights saved")
-    p.add_argument("--lr", type=float, default=None, help="learning rate (default 1e-3 LoRA, 5e-5 full)")
-    p.add_argument("--warmup", type=float, default=0.1, help="share of steps with a linear warm-up (then cosine decay)")
-    p.add_argument("--batch-size", type=positive_int("the value"), default=8, help="preference examples per step")
-    p.add_argument("--retain-batch-size", type=int, default=4, help="clean sequences per step (all their positions)")
-    p.add_argument("--checkpoint-every", type=int, default=50, metavar="N")
-    p.add_argument("--lora-r", type=positive_int("the value"), default=8)
-    p.add_argument("--lora-alpha", type=positive_int("the value"), default=16)
-    p.add_argument("--lora-targets", default=None, metavar="NAMES", help="comma-separated Linear layer names")
-    p.add_argument("--n-samples", type=positive_int("the value"), default=4, help="samples per training prompt")
-    p.add_argument("--gen-batch-size", type=positive_int("the value"), default=16)
-    p.add_argument("--max-examples", type=int, default=None, help="cap the preference examples")
+    p.add_argument("--lr", type=float, default=None, metavar="LR",
+                   help="learning rate (default: 1e-3 for LoRA, 5e-5 for --full)")
+    p.add_argument("--warmup", type=float, default=0.1, metavar="SHARE",
+                   help="share of steps with a linear warm-up (then cosine decay)")
+    p.add_argument("--batch-size", type=positive_int("--batch-size"), default=8, metavar="N",
+                   help="preference examples per step")
+    p.add_argument("--retain-batch-size", type=int, default=4, metavar="N",
+                   help="clean sequences per step (all their positions)")
+    p.add_argument("--checkpoint-every", type=int, default=50, metavar="N",
+                   help="save a checkpoint in --out every N steps, for --resume (0: none)")
+    p.add_argument("--lora-r", type=positive_int("--lora-r"), default=8, metavar="R", help="LoRA rank")
+    p.add_argument("--lora-alpha", type=positive_int("--lora-alpha"), default=16, metavar="A",
+                   help="LoRA alpha (the update is scaled by alpha / rank)")
+    p.add_argument("--lora-targets", default=None, metavar="NAMES",
+                   help="comma-separated Linear layer names (default: the attention and MLP projections)")
+    p.add_argument("--n-samples", type=positive_int("--n-samples"), default=4, metavar="N",
+                   help="samples per training prompt")
+    p.add_argument("--gen-batch-size", type=positive_int("--gen-batch-size"), default=16, metavar="N",
+                   help="generations run together while sampling")
+    p.add_argument("--max-examples", type=int, default=None, metavar="N",
+                   help="cap the preference examples, keeping one of every phrase (default: no cap)")
     v = p.add_argument_group("early stopping")
     v.add_argument("--eval-every", type=int, default=25, metavar="N", help="validation check every N steps (0: none)")
-    v.add_argument("--val-samples", type=int, default=1, help="samples per validation prompt checked for hits")
-    v.add_argument("--max-ppl-rise", type=float, default=0.01, help="perplexity budget on held-out clean samples")
+    v.add_argument("--val-samples", type=int, default=1, metavar="N",
+                   help="samples per validation prompt checked for hits")
+    v.add_argument("--max-ppl-rise", type=float, default=0.01, metavar="SHARE",
+                   help="perplexity budget on held-out clean samples, as a share of the base's (0.01: 1%%)")
     g = p.add_argument_group("loss")
-    g.add_argument("--w-pref", type=float, default=1.0, help="weight of the (clipped) preference term")
-    g.add_argument("--w-ul", type=float, default=1.0, help="weight of the gated unlikelihood term")
-    g.add_argument("--w-tether", type=float, default=0.4, help="weight of the logit tether at the hit contexts")
-    g.add_argument("--w-kl", type=float, default=1.0, help="weight of the dense KL retain on clean samples")
-    g.add_argument("--beta", type=float, default=1.0)
-    g.add_argument("--margin", type=float, default=2.0, help="logit margin of chosen over rejected where a pair stops pulling")
+    g.add_argument("--w-pref", type=float, default=1.0, metavar="W", help="weight of the (clipped) preference term")
+    g.add_argument("--w-ul", type=float, default=1.0, metavar="W", help="weight of the gated unlikelihood term")
+    g.add_argument("--w-tether", type=float, default=0.4, metavar="W",
+                   help="weight of the logit tether at the hit contexts")
+    g.add_argument("--w-kl", type=float, default=1.0, metavar="W",
+                   help="weight of the dense KL retain on clean samples")
+    g.add_argument("--beta", type=float, default=1.0, metavar="B",
+                   help="sharpness of the preference term: softplus(beta * (margin - logit gap))")
+    g.add_argument("--margin", type=float, default=2.0, metavar="M",
+                   help="logit margin of chosen over rejected where a pair stops pulling")
     p.set_defaults(func=run_finetune)
     return p
 
@@ -60,7 +77,7 @@ def run_finetune(args) -> int:
     prompts = load_prompts(args.prompts)
     if args.adapter_only and args.full:
         raise CullError("--adapter-only goes with LoRA; a full fine-tune always saves the whole model")
-    model, tok, base = load_model_for(args.model, args.threads)
+    model, tok, base = load_model_for(args, args.model)
     cfg = FinetuneConfig(
         steps=args.steps, lr=args.lr, batch_size=args.batch_size, retain_batch_size=args.retain_batch_size,
         full=args.full, lora_r=args.lora_r, lora_alpha=args.lora_alpha,
@@ -72,7 +89,7 @@ def run_finetune(args) -> int:
         temperature=args.temperature, max_new_tokens=args.max_new_tokens, gen_batch_size=args.gen_batch_size,
         chat=args.chat, max_examples=args.max_examples)
     s = finetune(model, tok, rules, prompts, args.out, cfg, resume=args.resume, progress=not args.no_progress,
-                 base_path=base, say=say)
+                 base_path=base, say=sayer(args))
     say(f"Saved the {s['saved']} model to {args.out} (load it with from_pretrained); measure it with "
          f"`cull eval --model {args.out} --reference {args.model or 'smollm2'} ...`")
     return 0

@@ -12,6 +12,7 @@ rules, never within the last `REGEX_HOLD` characters.
 """
 from __future__ import annotations
 
+import inspect
 import math
 from dataclasses import dataclass, field
 from typing import Callable
@@ -93,10 +94,12 @@ def generate_backtracking(model, tokenizer, prompt_ids, rules, *, max_new_tokens
     accepted: set[tuple[int, str]] = set()
     events, sent = [], 0
     cache = DynamicCache()
+    # newer transformers call the KV cache `cache` and warn about the old `past_key_values`
+    cache_arg = "cache" if "cache" in inspect.signature(model.forward).parameters else "past_key_values"
 
     def forward(ids):
         with torch.inference_mode():
-            o = model(input_ids=torch.tensor([ids], device=dev), past_key_values=cache, use_cache=True)
+            o = model(input_ids=torch.tensor([ids], device=dev), use_cache=True, **{cache_arg: cache})
         return o.logits[0, -1].float().cpu()
 
     logits = forward(prompt)

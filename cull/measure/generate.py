@@ -67,6 +67,33 @@ class TimedProcessor:
         return out
 
 
+class BanTally:
+    """Wraps a logits processor and counts the steps at which it changed what the model would write.
+
+    `top_changed`: steps where the model's most likely next token (temperature does not move it) was
+    banned or biased below another. `masked`: steps where the tokens the processor newly set to -inf
+    held at least `threshold` of the probability the model gave at that step. Both count rows of the
+    batch, one per step for a single generation."""
+
+    def __init__(self, processor, threshold: float = 0.01):
+        self.processor, self.threshold = processor, threshold
+        self.steps = self.top_changed = self.masked = 0
+
+    def __call__(self, input_ids, scores):
+        import torch
+
+        top = scores.argmax(-1)
+        probs = torch.softmax(scores.float(), -1)
+        was_masked = torch.isinf(scores) & (scores < 0)
+        scores = self.processor(input_ids, scores)  # may write in place: everything above is a copy
+        masked = torch.isinf(scores) & (scores < 0) & ~was_masked
+        top_score = scores.gather(-1, top[:, None])[:, 0]
+        self.top_changed += int((top_score < scores.max(-1).values).sum())
+        self.masked += int(((probs * masked).sum(-1) >= self.threshold).sum())
+        self.steps += scores.shape[0]
+        return scores
+
+
 def build_prompt_ids(tok, prompt: str, chat: bool | None = None, system: str | None = None):
     """Token ids [1, L] for `prompt`: through the chat template when the tokenizer has one (unless
     chat=False), else the raw text; an empty raw prompt becomes just the BOS token."""

@@ -302,10 +302,11 @@ def set_threads(threads: int | None = None) -> int:
     return threads
 
 
-def load_model_with_base(path, threads: int | None = None, say=print):
-    """(model, tokenizer, base path for an adapter's config) from a model folder or .gguf file."""
+def load_model_with_base(path, threads: int | None = None, say=print, quiet: bool = False):
+    """(model, tokenizer, base path for an adapter's config) from a model folder or .gguf file;
+    `quiet` as in load_model."""
     folder, gguf = resolve_model(path, say=say)
-    model, tok = load_model(folder / gguf if gguf else folder, threads=threads, say=say)
+    model, tok = load_model(folder / gguf if gguf else folder, threads=threads, say=say, quiet=quiet)
     base = folder
     if gguf is not None and (converted_dir(folder, gguf) / "model" / "config.json").is_file():
         base = converted_dir(folder, gguf) / "model"

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import re
+from bisect import bisect_right
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -95,8 +96,27 @@ def _key(rule: Rule, fold: int) -> str:
     return max(runs, key=len) if runs else ""
 
 
+@dataclass(frozen=True)
+class Hit:
+    """One match, located like grep does: `line` and `col` count from 1. In a .txt file they are the
+    file's line and the character in it; in a .jsonl file, the record's line and the character in its
+    text field. `line_text` is the text's line holding the match's start, `span` the match in it."""
+    path: Path
+    line: int
+    col: int
+    phrase: str  # the rule that matched
+    text: str  # the matched text
+    line_text: str
+    span: tuple[int, int]
+
+
 def iter_documents(path: Path, per_line: bool = False, field_name: str = "text") -> Iterator[str]:
     """The documents of one file (see the module docstring)."""
+    return (text for _, text in numbered_documents(path, per_line, field_name))
+
+
+def numbered_documents(path: Path, per_line: bool = False, field_name: str = "text") -> Iterator[tuple[int, str]]:
+    """(line where it starts, document) for each document of one file."""
     try:
         raw = path.read_bytes()
     except FileNotFoundError:
@@ -114,12 +134,12 @@ def iter_documents(path: Path, per_line: bool = False, field_name: str = "text")
     if path.suffix.lower() in JSONL_SUFFIXES:
         yield from _jsonl_documents(text, path, field_name)
     elif per_line:
-        yield from (line for line in text.splitlines() if line.strip())
+        yield from ((n, line) for n, line in enumerate(text.splitlines(), 1) if line.strip())
     else:
-        yield text
+        yield 1, text
 
 
-def _jsonl_documents(text: str, path: Path, field_name: str) -> Iterator[str]:
+def _jsonl_documents(text: str, path: Path, field_name: str) -> Iterator[tuple[int, str]]:
     for n, line in enumerate(text.splitlines(), 1):
         if not line.strip():
             continue
@@ -140,7 +160,7 @@ def _jsonl_documents(text: str, path: Path, field_name: str) -> Iterator[str]:
         if not isinstance(value, str):
             raise CullError(f"{path}: line {n}: field {field_name!r} is a {type(value).__name__}, "
                             "expected a string")
-        yield value
+        yield n, value
 
 
 def expand_paths(paths: Iterable) -> list[Path]:
@@ -168,23 +188,49 @@ def scan_texts(texts: Iterable[str], rules: PhraseSet, match_fn: MatchFn | None 
     match_fn = match_fn or prefiltered(find)
     report = report or ScanReport()
     for text in texts:
-        report.documents += 1
-        report.words += count_words(text)
-        for m in match_fn(text, rules):
-            report.counts[m.rule.text] += 1
+        _scan_document(text, rules, match_fn, report)
     return report
 
 
+def _scan_document(text: str, rules: PhraseSet, match_fn: MatchFn, report: ScanReport) -> list[Match]:
+    report.documents += 1
+    report.words += count_words(text)
+    matches = match_fn(text, rules)
+    for m in matches:
+        report.counts[m.rule.text] += 1
+    return matches
+
+
+def locate(path: Path, first_line: int, text: str, matches: list[Match], jsonl: bool) -> Iterator[Hit]:
+    """The Hits of one document's matches, in the order they occur (see Hit for the numbering)."""
+    lines = text.splitlines(keepends=True) or [""]
+    starts = [0]
+    for line in lines[:-1]:
+        starts.append(starts[-1] + len(line))
+    for m in sorted(matches, key=lambda m: (m.start, m.end)):
+        i = bisect_right(starts, m.start) - 1
+        line_text = lines[i].rstrip("\r\n")
+        start = m.start - starts[i]
+        span = (start, min(m.end - starts[i], len(line_text)))
+        line, col = (first_line, m.start + 1) if jsonl else (first_line + i, start + 1)
+        yield Hit(path, line, col, m.rule.text, text[m.start:m.end], line_text, span)
+
+
 def scan_files(paths: Iterable, rules: PhraseSet, *, per_line: bool = False, field_name: str = "text",
-               match_fn: MatchFn | None = None,
-               progress: Callable[[Path], None] | None = None) -> ScanReport:
+               match_fn: MatchFn | None = None, progress: Callable[[Path], None] | None = None,
+               on_hit: Callable[[Hit], None] | None = None) -> ScanReport:
     """Count the matches of `rules` in files (.txt: one document per file or per line; .jsonl: the
-    `field_name` string of each line)."""
+    `field_name` string of each line); `on_hit` sees each match as it is found."""
     match_fn = match_fn or prefiltered(find)
     report = ScanReport()
     for path in expand_paths(paths):
         if progress is not None:
             progress(path)
         report.files += 1
-        scan_texts(iter_documents(path, per_line, field_name), rules, match_fn, report)
+        jsonl = path.suffix.lower() in JSONL_SUFFIXES
+        for first_line, text in numbered_documents(path, per_line, field_name):
+            matches = _scan_document(text, rules, match_fn, report)
+            if on_hit is not None and matches:
+                for hit in locate(path, first_line, text, matches, jsonl):
+                    on_hit(hit)
     return report
