@@ -35,9 +35,9 @@ def _progress_printer(enabled: bool):
         from rich.console import Console
 
         console = Console(stderr=True, log_path=False)
-        return lambda msg: console.log(f"[cull compile] {msg}")
+        return lambda msg: console.log(f"cull compile: {msg}", markup=False)
     except ImportError:
-        return lambda msg: print(f"[cull compile] {msg}", file=sys.stderr)
+        return lambda msg: print(f"cull compile: {msg}", file=sys.stderr)
 
 
 _KEYS: dict[tuple[str, int], TokenKeys] = {}
