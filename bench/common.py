@@ -10,11 +10,9 @@ import subprocess
 import time
 from pathlib import Path
 
+from cull.resources import data_dir  # noqa: F401 (the benchmarks read the library's data folder)
+
 RESULTS = Path(__file__).resolve().parent / "results"
-
-
-def data_dir() -> Path:
-    return Path(os.environ.get("CULL_DATA_DIR") or Path(__file__).resolve().parents[1].parent / "shared" / "data")
 
 
 def git_sha() -> str:

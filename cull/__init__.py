@@ -1,7 +1,12 @@
 """cull: take unwanted words and phrases out of what LLMs write.
 
-    import cull
-    rules = cull.PhraseSet(["delve", "I hope this letter finds you well"])
+>>> import cull
+>>> rules = cull.PhraseSet(["delve", "I hope this letter finds you well"])
+>>> [m.rule.text for m in cull.find("They DELVE into it. I hope this letter finds you well!", rules)]
+['delve', 'I hope this letter finds you well']
+
+With a Hugging Face model and its tokenizer:
+
     proc = cull.CullLogitsProcessor(rules, tokenizer)
     model.generate(**inputs, logits_processor=[proc])
 """

@@ -20,6 +20,32 @@ def data_dir() -> Path:
     return candidates[0]
 
 
+PROMPTS_DIR = PACKAGE_DATA / "prompts"
+
+
+def builtin_prompt_sets() -> list[str]:
+    """Names of cull's built-in prompt and text sets (``cull/data/prompts/<name>.json``).
+
+    >>> builtin_prompt_sets()
+    ['heldout', 'neutral_texts', 'train']
+    """
+    return sorted(f.stem for f in PROMPTS_DIR.glob("*.json"))
+
+
+def prompt_file(spec) -> Path:
+    """A prompt or text file named on the command line: ``spec`` itself when that path exists, else the
+    built-in set of that name. The path is returned even when neither exists: the caller's error
+    says what to pass.
+
+    >>> prompt_file("heldout") == PROMPTS_DIR / "heldout.json"
+    True
+    """
+    path = Path(spec)
+    if not path.exists() and (PROMPTS_DIR / f"{spec}.json").is_file():
+        return PROMPTS_DIR / f"{spec}.json"
+    return path
+
+
 def cache_dir() -> Path:
     """cull's cache (compiled tables, the default model): ``$CULL_CACHE_DIR``, else
     ``$XDG_CACHE_HOME/cull``, else ``~/.cache/cull``."""

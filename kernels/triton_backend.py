@@ -9,7 +9,7 @@ GPU. No host sync, no Python loop over rows or phrases, static shapes (the chain
 `max_chain`): the step can be captured in a CUDA graph. Bias mode reads each node's merged list
 (the whole chain, sorted by token, the strongest delta kept) and skips always-list tokens that it
 holds, so every token is written exactly once from its original value. docs/automaton.md §8 has
-the memory layout and the measured cost.
+the memory layout; bench/results/automaton-history.md the measured cost.
 
 Runs on the CPU under TRITON_INTERPRET=1, which is how CI tests it against the reference.
 """

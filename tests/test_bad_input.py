@@ -1,5 +1,5 @@
 """Bad input gives a clear error: the right exception type, and a message that says what was wrong
-and how to fix it (brief section 7, "Errors"). Also the two resource guards: a huge phrase list is
+and how to fix it (the contract of cull/errors.py). Also the two resource guards: a huge phrase list is
 compiled in bounded memory or refused quickly, and a tampered compile cache is never unpickled.
 """
 import json

@@ -1,5 +1,5 @@
 """The benchmarks' --quick modes, so they cannot rot: each checks correctness, then writes JSON in
-the brief's schema, a markdown table and (for compile and kernel) a PNG plot."""
+bench/common.py's schema (`write_results`), a markdown table and (for compile and kernel) a PNG plot."""
 import json
 
 import pytest

@@ -8,8 +8,8 @@ import pytest
 import cull
 from conftest import need_data
 from cull.errors import CullError
-from cull.measure.evaluate import (Generation, bootstrap_ci, distinct_n, evaluate, hit_stats, load_prompts,
-                           over_represented)
+from cull.measure.evaluate import (Generation, bootstrap_ci, distinct_n, evaluate, hit_stats, load_clean_texts,
+                           load_prompts, over_represented)
 
 PHRASE = "Once upon a time"
 
@@ -72,6 +72,21 @@ def test_load_prompts_builtin_and_errors(tmp_path):
     (tmp_path / "bad.json").write_text('{"a": 1}')
     with pytest.raises(CullError, match="list of strings"):
         load_prompts(tmp_path / "bad.json")
+
+
+def test_load_clean_texts_builtin_and_errors(tmp_path):
+    assert load_clean_texts(None) is None and load_clean_texts("None") is None
+    assert len(load_clean_texts("neutral_texts")) >= 10
+    (tmp_path / "pairs.json").write_text('[{"prompt": "Hi", "text": "Hello."}, "plain"]')
+    assert load_clean_texts(tmp_path / "pairs.json") == [{"prompt": "Hi", "text": "Hello."}, "plain"]
+    with pytest.raises(CullError, match="not found.*neutral_texts"):
+        load_clean_texts(tmp_path / "missing.json")
+    (tmp_path / "broken.json").write_text("[")
+    with pytest.raises(CullError, match="not valid JSON"):
+        load_clean_texts(tmp_path / "broken.json")
+    (tmp_path / "bad.json").write_text('[{"text": "no prompt"}]')
+    with pytest.raises(CullError, match="list of strings"):
+        load_clean_texts(tmp_path / "bad.json")
 
 
 def test_evaluate_end_to_end(stories, tmp_path):

@@ -1,4 +1,4 @@
-"""A banned token is -inf whatever its input logit was, NaN included (brief section 2): otherwise
+"""A banned token is -inf whatever its input logit was, NaN included (docs/automaton.md, "One step"): otherwise
 greedy argmax picks the NaN and writes the banned phrase. Every backend, range bans (a phrase under
 way) and always-list bans (a wildcard rule), the always-lists written scattered or dense."""
 import os

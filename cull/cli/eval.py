@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 from cull.cli.common import add_sampling_options, load_model_for, load_phrases, positive_int, say, sayer
 from cull.errors import CullError
@@ -41,24 +40,6 @@ def add_parser(subparsers):
     return p
 
 
-def _clean_texts(spec):
-    from cull.measure.evaluate import PROMPTS_DIR
-
-    if spec is None or str(spec).lower() == "none":
-        return None
-    path = Path(spec)
-    if not path.exists() and (PROMPTS_DIR / f"{spec}.json").is_file():
-        path = PROMPTS_DIR / f"{spec}.json"
-    if not path.is_file():
-        raise CullError(f"clean text file {str(spec)!r} not found; pass a .json list of strings or "
-                        "{\"prompt\", \"text\"} objects, or 'none'")
-    data = json.loads(path.read_text(encoding="utf-8"))
-    if not isinstance(data, list) or not all(isinstance(x, str) or isinstance(x, dict) and {"prompt", "text"} <= set(x)
-                                            for x in data):
-        raise CullError(f"{str(path)!r} must hold a JSON list of strings or {{\"prompt\", \"text\"}} objects")
-    return data
-
-
 def human_texts_for(spec, tok, min_tokens: int, say=say):
     """The human-written texts of --human-text: None for 'none' (and for 'auto' when the package is
     not installed, with a note); a CullError naming the package when an explicit source is missing."""
@@ -80,11 +61,11 @@ def human_texts_for(spec, tok, min_tokens: int, say=say):
 
 def run_eval(args) -> int:
     from cull.decode.processor import CullLogitsProcessor
-    from cull.measure.evaluate import BanCounter, evaluate, load_prompts, markdown, public
+    from cull.measure.evaluate import BanCounter, evaluate, load_clean_texts, load_prompts, markdown, public
 
     rules = load_phrases(args)
     prompts = load_prompts(args.prompts)
-    clean = _clean_texts(args.clean_texts)
+    clean = load_clean_texts(args.clean_texts)
     model, tok, _ = load_model_for(args, args.model)
     ref = load_model_for(args, args.reference)[0] if args.reference else None
     human = human_texts_for(args.human_text, tok, args.human_tokens, say=sayer(args))

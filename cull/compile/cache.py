@@ -66,7 +66,16 @@ def compile_rules(
     """Compile phrase rules against a tokenizer (or a cull TokenVocab).
 
     The result is cached under $CULL_CACHE_DIR (default ~/.cache/cull), keyed by the hash of the
-    vocabulary and of the normalised rules.
+    vocabulary and of the normalised rules; `cache=False` compiles afresh and writes nothing.
+
+    >>> import cull
+    >>> from cull.compile.vocab import vocab_from_token_bytes
+    >>> vocab = vocab_from_token_bytes([b" delve", b" d", b"elve", b" the"])
+    >>> matcher = cull.compile_rules(["delve", "a testament to"], vocab, cache=False)
+    >>> matcher.stats()["patterns"], matcher.n_tokens
+    (2, 4)
+    >>> matcher.banned(matcher.initial_state())   # {token: delta}: " delve" writes the whole phrase
+    {0: -inf}
     """
     rules = as_phrase_set(rules)
     if not rules.rules:

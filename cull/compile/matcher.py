@@ -27,7 +27,18 @@ ARRAYS = ("perm", "rng_ptr", "rng_lo", "rng_hi", "rng_delta", "has_rng", "out_ne
 
 
 class CompiledMatcher:
-    """Tables for one (rules, vocabulary) pair. Build with `cull.compile_rules`."""
+    """Tables for one (rules, vocabulary) pair. Build with `cull.compile_rules`.
+
+    A state is (trie node, transducer state); `advance` feeds it a token, `banned` lists what it bans:
+
+    >>> import cull
+    >>> from cull.compile.vocab import vocab_from_token_bytes
+    >>> vocab = vocab_from_token_bytes([b" delve", b" d", b"elve", b" the"])
+    >>> m = cull.compile_rules(["delve"], vocab, cache=False)
+    >>> state = m.advance_many(m.initial_state(), [3, 1])     # the text " the d"
+    >>> m.banned(state)                                       # " delve" writes it whole, "elve" finishes it
+    {0: -inf, 2: -inf}
+    """
 
     def __init__(self, tables: dict, token_bytes, *, mode: str = "text", fold: int = DEFAULT_FOLD,
                  radix: int = 256, meta: dict | None = None):

@@ -92,6 +92,12 @@ def vocab_from_token_bytes(token_bytes, special_ids=(), eos_ids=()) -> TokenVoca
     Ids whose bytes are empty and all ``eos_ids`` are added to ``special_ids``.
     A special or EOS id with non-empty bytes is an error: it would hide text
     from phrase matching.
+
+    >>> vocab = vocab_from_token_bytes([b" delve", b"d", b"elve", b"", b" the"], eos_ids=[3])
+    >>> len(vocab), sorted(vocab.special_ids), vocab.kind
+    (5, [3], 'token-bytes')
+    >>> b"".join(vocab.token_bytes[i] for i in [4, 1, 2, 3])   # the text of a sequence of ids
+    b' thedelve'
     """
     if isinstance(token_bytes, (bytes, str)) or not hasattr(token_bytes, "__iter__"):
         raise VocabError(
@@ -122,6 +128,15 @@ def vocab_from_tokenizer(tokenizer, vocab_size: int | None = None) -> TokenVocab
 
     ``vocab_size``: the model's logits width; ids past the tokenizer's vocab map
     to ``b""`` (special). A smaller width is allowed only if it cuts off no text token.
+
+    A byte-level BPE tokenizer built in place (GPT-2's alphabet writes a space as ``Ġ``):
+
+    >>> from tokenizers import Tokenizer, decoders, models
+    >>> tok = Tokenizer(models.BPE({"Ġdelve": 0, "d": 1, "elve": 2, "Ġthe": 3}, []))
+    >>> tok.decoder = decoders.ByteLevel()
+    >>> vocab = vocab_from_tokenizer(tok, vocab_size=6)
+    >>> vocab.kind, vocab.token_bytes
+    ('byte-level-bpe', (b' delve', b'd', b'elve', b' the', b'', b''))
     """
     backend = _backend(tokenizer)
     decoder = _state(getattr(backend, "decoder", None))

@@ -66,7 +66,23 @@ def generate_backtracking(model, tokenizer, prompt_ids, rules, *, max_new_tokens
                           do_sample: bool = True, temperature: float = 0.8, top_p: float | None = None,
                           seed: int = 0, max_backtracks: int = 500, stream: Callable[[str], None] | None = None,
                           vocab_size: int | None = None) -> BacktrackResult:
-    """Generate after `prompt_ids` (a list of ids) with `rules` enforced by rewinding."""
+    """Generate after `prompt_ids` (a list of ids) with `rules` enforced by rewinding.
+
+    `tokenizer` is the model's HF tokenizer or a `cull.compile.vocab.TokenVocab`. Here a tiny random
+    Llama with its output layer zeroed likes every token equally, so greedy decoding takes the lowest
+    id, " delve", every time; each time the phrase completes, the generator rewinds to the token that
+    started it, forbids that token there and goes on:
+
+    >>> from transformers import LlamaConfig, LlamaForCausalLM
+    >>> from cull.compile.vocab import vocab_from_token_bytes
+    >>> vocab = vocab_from_token_bytes([b" delve", b" dig", b" in"])
+    >>> model = LlamaForCausalLM(LlamaConfig(vocab_size=3, hidden_size=8, intermediate_size=16, num_hidden_layers=1,
+    ...     num_attention_heads=1, num_key_value_heads=1, bos_token_id=None, eos_token_id=None, pad_token_id=None))
+    >>> _ = model.lm_head.weight.data.zero_()
+    >>> result = generate_backtracking(model, vocab, [2], ["delve"], max_new_tokens=3, do_sample=False)
+    >>> result.text, result.backtracks
+    (' dig dig dig', 3)
+    """
     torch = require("torch", "hf")
     require("transformers", "hf")
     from transformers import DynamicCache

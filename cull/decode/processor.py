@@ -46,16 +46,23 @@ class CullLogitsProcessor:
 
     Examples:
 
+    A vocabulary of four tokens stands in for a tokenizer (any HF fast tokenizer works the same).
+    The processor is called as `generate` calls it, once per step with the rows so far:
+
+    >>> import torch, cull
+    >>> from cull.compile.vocab import vocab_from_token_bytes
+    >>> vocab = vocab_from_token_bytes([b" delve", b" d", b"elve", b" the"])
+    >>> proc = cull.CullLogitsProcessor(["delve"], vocab, cache=False)
+    >>> proc(torch.tensor([[3]]), torch.zeros(1, 4))     # prompt " the": " delve" would write the phrase
+    tensor([[-inf, 0., 0., 0.]])
+    >>> proc(torch.tensor([[3, 1]]), torch.zeros(1, 4))  # the model wrote " d": now "elve" would finish it
+    tensor([[-inf, 0., -inf, 0.]])
+
+    With a model:
+
     ```python
-    >>> from transformers import AutoModelForCausalLM, AutoTokenizer
-    >>> import cull
-    >>> tok = AutoTokenizer.from_pretrained("../shared/data/models/stories260K")
-    >>> model = AutoModelForCausalLM.from_pretrained("../shared/data/models/stories260K")
-    >>> inputs = tok("", return_tensors="pt")
-    >>> proc = cull.CullLogitsProcessor(["Once upon a time"], tok)
-    >>> out = model.generate(**inputs, logits_processor=[proc], max_new_tokens=20, do_sample=False)
-    >>> "once upon a time" in tok.decode(out[0]).lower()
-    False
+    proc = cull.CullLogitsProcessor(["delve", "a testament to"], tokenizer)
+    out = model.generate(**inputs, logits_processor=[proc], max_new_tokens=200)
     ```
     """
 
@@ -154,7 +161,16 @@ def token_sequence_processor(sequences: "dict[Sequence[int], float] | Sequence[S
 
     With `eos_token_id` (an id or a list of ids), a banned single-token sequence equal to an EOS id is
     dropped, as `NoBadWordsLogitsProcessor(bad_words_ids, eos_token_id=...)` does, so EOS is never
-    banned on its own. Longer sequences that end in EOS are kept, as in HF."""
+    banned on its own. Longer sequences that end in EOS are kept, as in HF.
+
+    >>> import torch
+    >>> proc = token_sequence_processor([[5, 6], [7]], vocab_size=8)   # ban 5 6, and 7 anywhere
+    >>> proc(torch.tensor([[1, 5]]), torch.zeros(1, 8))               # after 5: 6 and 7 are banned
+    tensor([[0., 0., 0., 0., 0., 0., -inf, -inf]])
+    >>> bias = token_sequence_processor({(5, 6): -2.0}, vocab_size=8)
+    >>> bias(torch.tensor([[5]]), torch.zeros(1, 8))
+    tensor([[ 0.,  0.,  0.,  0.,  0.,  0., -2.,  0.]])
+    """
     from cull.compile.token_sequences import compile_token_rules
 
     if isinstance(sequences, dict):

@@ -211,6 +211,16 @@ class CullLogitsProcessor(_V1Base):
     params = SamplingParams(max_tokens=200, extra_args={"cull": {"phrases": ["delve", "a testament to"]}})
     print(llm.generate(["Write about the sea."], params)[0].outputs[0].text)
     ```
+
+    Admission, which vLLM runs on every request before it reaches the engine, needs no model; a
+    request with bad settings is refused with a message that says what to fix (HTTP 400 on a server):
+
+    >>> from vllm import SamplingParams
+    >>> CullLogitsProcessor.validate_params(SamplingParams(extra_args={"cull": {"phrases": ["delve"]}}))
+    >>> bad = SamplingParams(extra_args={"cull": {"phrases": ["delve"], "mode": "erase"}})
+    >>> CullLogitsProcessor.validate_params(bad)
+    Traceback (most recent call last):
+    cull.errors.CullError: cull request settings: 'mode' must be 'ban' or 'bias', got 'erase'
     """
 
     @classmethod

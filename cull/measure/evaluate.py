@@ -24,9 +24,8 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass
-from pathlib import Path
 
-from cull.resources import PACKAGE_DATA
+from cull.resources import PROMPTS_DIR, builtin_prompt_sets, prompt_file  # noqa: F401 (PROMPTS_DIR: cull eval)
 from cull.decode.tokens import eos_ids, pad_id, pad_rows
 from cull.measure.generate import prompt_ids
 from cull.errors import CullError, require
@@ -40,9 +39,6 @@ from cull.rules import as_phrase_set
 from cull.measure.text_stats import (bootstrap_ci, compare_hits, distinct_n, hit_stats, loop_stats, loops,  # noqa: F401
                          new_in_top, ngram_counts, over_represented, words)
 
-PROMPTS_DIR = PACKAGE_DATA / "prompts"
-
-
 @dataclass
 class Generation:
     prompt_index: int
@@ -55,10 +51,12 @@ class Generation:
 # ---- prompts ----
 def load_prompts(path) -> list[str]:
     """Prompts from a .json file (a list of strings, or {category: [strings]}) or a .txt file (one a line).
-    A bare name such as ``train`` or ``heldout`` reads cull's built-in prompt sets."""
-    p = Path(path)
-    if not p.exists() and (PROMPTS_DIR / f"{path}.json").is_file():
-        p = PROMPTS_DIR / f"{path}.json"
+    A bare name such as ``train`` or ``heldout`` reads cull's built-in prompt sets.
+
+    >>> load_prompts("heldout")[0]
+    'Write a short story about a baker who bakes bread that grants wishes.'
+    """
+    p = prompt_file(path)
     if not p.is_file():
         raise CullError(f"prompt file {str(path)!r} not found; pass a .json list of prompts, a .txt file with "
                         f"one prompt a line, or a built-in set: {', '.join(sorted(builtin_prompt_sets()))}")
@@ -79,8 +77,29 @@ def load_prompts(path) -> list[str]:
     return prompts
 
 
-def builtin_prompt_sets() -> list[str]:
-    return [f.stem for f in PROMPTS_DIR.glob("*.json")]
+def load_clean_texts(spec) -> list | None:
+    """The clean texts of `evaluate(clean_texts=...)` from a .json list of strings or {"prompt", "text"}
+    objects, or a built-in set such as ``neutral_texts``; None for None or "none" (no perplexity).
+
+    >>> texts = load_clean_texts("neutral_texts")
+    >>> isinstance(texts[0], (str, dict)), load_clean_texts("none")
+    (True, None)
+    """
+    if spec is None or str(spec).lower() == "none":
+        return None
+    path = prompt_file(spec)
+    if not path.is_file():
+        raise CullError(f"clean text file {str(spec)!r} not found; pass a .json list of strings or "
+                        "{\"prompt\", \"text\"} objects, a built-in set "
+                        f"({', '.join(builtin_prompt_sets())}) or 'none'")
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as exc:
+        raise CullError(f"clean text file {str(path)!r} is not valid JSON: {exc}") from None
+    if not isinstance(data, list) or not all(isinstance(x, str) or isinstance(x, dict) and {"prompt", "text"} <= set(x)
+                                            for x in data):
+        raise CullError(f"{str(path)!r} must hold a JSON list of strings or {{\"prompt\", \"text\"}} objects")
+    return data
 
 
 # ---- generation ----

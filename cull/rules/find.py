@@ -15,6 +15,14 @@ from cull.rules.rule import Rule
 
 @dataclass(frozen=True)
 class Match:
+    """One match of a rule: `text[start:end]` is the matched text, in the original characters.
+
+    >>> import cull
+    >>> text = "We ＤＥＬＶＥ into it."
+    >>> [(m.rule.text, m.span(), text[m.start:m.end]) for m in cull.find(text, ["delve", "into"])]
+    [('delve', (3, 8), 'ＤＥＬＶＥ'), ('into', (9, 13), 'into')]
+    """
+
     rule: Rule
     start: int  # character offsets into the original text
     end: int

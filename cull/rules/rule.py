@@ -17,7 +17,17 @@ _HAS_ASCII_WORD = re.compile(r"[0-9A-Za-z_]")
 
 @dataclass(frozen=True)
 class Rule:
-    """One phrase with its action. `delta` is -inf for a ban, else the logit delta added."""
+    """One phrase with its action. `delta` is -inf for a ban, else the logit delta added.
+
+    Rules are usually made by `PhraseSet` (or `make_rule`), which parses `*` wildcards and `re:`:
+
+    >>> import cull
+    >>> [(r.phrase, r.trailing_wildcard, r.delta) for r in cull.PhraseSet(["delv*"])]
+    [('delv', True, -inf)]
+    >>> soft = cull.Rule("tapestry", action=cull.BIAS, delta=-4.0)
+    >>> [m.span() for m in cull.find("a rich tapestry", cull.PhraseSet([soft]))]
+    [(7, 15)]
+    """
 
     phrase: str
     action: str = BAN
@@ -37,7 +47,18 @@ class Rule:
 
 @dataclass(frozen=True)
 class Options:
-    """How phrases and text are compared (brief section 2). All default to the documented semantics."""
+    """How phrases and text are compared. The defaults are the semantics of README's "What matches"
+    (docs/automaton.md, "What is matched"); `PhraseSet(..., ignore_accents=True)` and the like set them.
+
+    >>> import cull
+    >>> rules = cull.PhraseSet(["cafe"], ignore_accents=True)
+    >>> rules.options
+    Options(whole_words=True, ignore_case=True, fold_quotes=True, ignore_accents=True)
+    >>> [m.span() for m in cull.find("Un CAFÉ, s'il vous plaît", rules)]
+    [(3, 7)]
+    >>> cull.find("Un café", ["cafe"])      # by default the accent continues the word: no match
+    []
+    """
 
     whole_words: bool = True
     ignore_case: bool = True

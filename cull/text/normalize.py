@@ -1,7 +1,7 @@
 """The normalising transducer: raw text bytes -> the symbol stream the automaton reads.
 
-Matching is defined on characters (see docs/automaton.md, "Semantics"). Every code point maps on its
-own to a normalised string (`fold_char`): compatibility decomposition (NFKD: fullwidth, math letters,
+Matching is defined on characters (docs/automaton.md, "What is matched"). Every code point maps on
+its own to a normalised string (`fold_char`): compatibility decomposition (NFKD: fullwidth, math letters,
 ligatures, composed = decomposed), full case folding, every White_Space character -> " ",
 default-ignorable code points -> nothing, typographic quotes -> ' and ". Optionally, nonspacing marks
 are dropped (accent-insensitive). Each normalised character has a class: WORD (letters, marks,

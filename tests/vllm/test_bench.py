@@ -1,5 +1,5 @@
 """The vLLM benchmark's quick mode runs in CI, so that it cannot rot: correctness checks pass and the
-JSON has the brief's schema."""
+JSON has bench/common.py's schema (`write_results`)."""
 import json
 import sys
 from pathlib import Path
