@@ -74,10 +74,7 @@ def prefiltered(match_fn: MatchFn = find) -> MatchFn:
         keep = [r for r, k in keys[kid][1] if not k or k in hay]
         if not keep:
             return []
-        opts = rules.options
-        subset = PhraseSet(keep, whole_words=opts.whole_words, ignore_case=opts.ignore_case,
-                           fold_quotes=opts.fold_quotes, ignore_accents=opts.ignore_accents)
-        return match_fn(text, subset)
+        return match_fn(text, rules.with_rules(keep))
 
     return run
 

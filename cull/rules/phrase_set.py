@@ -62,6 +62,14 @@ class PhraseSet:
         return cls(read_rule_file(path, action, bias, options.get("allow_symbols", False), max_file_bytes),
                    **options)
 
+    def with_rules(self, rules: Iterable[Rule]) -> "PhraseSet":
+        """Other rules (already parsed) under these same options: how a subset of the rules is
+        matched exactly as the whole set is."""
+        subset = object.__new__(PhraseSet)
+        object.__setattr__(subset, "rules", tuple(rules))
+        object.__setattr__(subset, "options", self.options)
+        return subset
+
     def __len__(self) -> int:
         return len(self.rules)
 
