@@ -16,7 +16,7 @@ from typing import Callable, Iterable, Iterator
 
 from cull.errors import CullError
 from cull.rules.find import Match, find
-from cull.text.normalize import FOLD_CASE, fold_char
+from cull.text.normalize import FOLD_CASE, FOLD_CONFUSABLES, fold_char
 from cull.rules import PhraseSet, Rule
 
 MatchFn = Callable[[str, PhraseSet], "list[Match]"]
@@ -80,7 +80,7 @@ def prefiltered(match_fn: MatchFn = find) -> MatchFn:
 
 
 def _normalised(text: str, fold: int) -> str:
-    if text.isascii():  # ASCII normalises to itself, lower-cased
+    if text.isascii() and not fold & FOLD_CONFUSABLES:  # ASCII normalises to itself, lower-cased
         return text.translate(_ASCII_LOWER) if fold & FOLD_CASE else text
     return "".join(fold_char(ch, fold) for ch in text)
 

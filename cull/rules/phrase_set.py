@@ -32,6 +32,7 @@ class PhraseSet:
         ignore_case: bool = True,
         fold_quotes: bool = True,
         ignore_accents: bool = False,
+        confusables: bool = False,
         allow_symbols: bool = False,
         max_phrase_chars: int = MAX_PHRASE_CHARS,
     ):
@@ -50,7 +51,12 @@ class PhraseSet:
                 for r in rules
             ]
         object.__setattr__(self, "rules", tuple(rules))
-        object.__setattr__(self, "options", Options(whole_words, ignore_case, fold_quotes, ignore_accents))
+        if confusables:  # say now, not at the first match, that the data is missing
+            from cull.text.confusables import data_version
+
+            data_version()
+        object.__setattr__(self, "options", Options(whole_words, ignore_case, fold_quotes, ignore_accents,
+                                                    confusables))
 
     @classmethod
     def load(cls, path, action: str | None = None, bias: float | None = None, **options) -> "PhraseSet":
