@@ -13,6 +13,14 @@ class MissingExtraError(ImportError):
     """An optional dependency is missing; the message names the extra to install."""
 
 
+def missing_extra(module: str, extra: str) -> MissingExtraError:
+    """The error for an optional dependency that is not installed: it names the pip extra."""
+    return MissingExtraError(
+        f"cull needs the optional package {module!r} for this feature, but it is not installed. "
+        f"Fix: pip install 'cull-lm[{extra}]'"
+    )
+
+
 def require(module: str, extra: str):
     """Import an optional dependency, or raise an error that names the pip extra."""
     import importlib
@@ -20,7 +28,4 @@ def require(module: str, extra: str):
     try:
         return importlib.import_module(module)
     except ImportError as exc:  # pragma: no cover - exercised by the subprocess test
-        raise MissingExtraError(
-            f"cull needs the optional package {module!r} for this feature, but it is not installed. "
-            f"Fix: pip install 'cull-lm[{extra}]'"
-        ) from exc
+        raise missing_extra(module, extra) from exc

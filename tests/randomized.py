@@ -15,6 +15,10 @@ CHARS = ["a", "b", "c", "A", "B", " ", "  ", "\n", ",", "'", "’", "é", "É", 
 # math bold letters, a combining acute, ß, a ligature, Han characters
 UNICODE_CHARS = ["\u200b", "\u00a0", "\u3000", "ａ", "𝐛", "\u0301", "ß", "ss", "SS", "ﬁ", "你", "好"]
 WORD_CHARS = ["a", "b", "c", "é", "ж", "1"]
+# look-alikes for the confusables option (UTS #39): Cyrillic and Greek letters, capitals whose lower
+# case has another prototype (Н, н), digits and "|" that read as letters, "rn" for "m", "%" -> "o/o"
+CONFUSABLE_CHARS = ["е", "Е", "о", "ο", "Ο", "с", "Н", "н", "h", "і", "І", "l", "0", "|", "m", "rn", "%", "β", "ꓲ", "o"]
+CONFUSABLE_WORD_CHARS = ["e", "о", "l", "h", "m", "rn", "і", "0"]
 
 
 def decode_ends(data: bytes) -> tuple[str, list[int]]:
@@ -43,10 +47,10 @@ def oracle(history: bytes, token: bytes, rules) -> float | None:
     return best
 
 
-def random_vocab(rng: random.Random, n: int, split_chars: bool = True) -> list[bytes]:
+def random_vocab(rng: random.Random, n: int, split_chars: bool = True, extra: tuple = ()) -> list[bytes]:
     """Random tokens; with `split_chars`, disguise characters too, and multi-byte characters cut
     between tokens (tokens that end inside a character, and tokens that start inside one)."""
-    chars = CHARS + (UNICODE_CHARS if split_chars else [])
+    chars = CHARS + (UNICODE_CHARS if split_chars else []) + list(extra)
     toks = {c.encode() for c in chars}
     while len(toks) < n:
         raw = "".join(rng.choice(chars) for _ in range(rng.randint(1, 4))).encode()
@@ -59,8 +63,9 @@ def random_vocab(rng: random.Random, n: int, split_chars: bool = True) -> list[b
     return sorted(toks)
 
 
-def random_phrase(rng: random.Random) -> str:
+def random_phrase(rng: random.Random, extra: tuple = ()) -> str:
     letters = WORD_CHARS + ["ß", "你"] if rng.random() < 0.3 else WORD_CHARS
+    letters = letters + list(extra)
     words = ["".join(rng.choice(letters) for _ in range(rng.randint(1, 3))) for _ in range(rng.randint(1, 3))]
     sep = rng.choice([" ", " ", ", ", "'", "’", " — "])
     p = sep.join(words)
@@ -73,20 +78,22 @@ def random_phrase(rng: random.Random) -> str:
     return p
 
 
-def build(rng: random.Random, n_vocab: int, n_rules: int, bias: bool, split_chars: bool = True):
-    """vocab: the tokens as strings (surrogateescape for split characters); token_bytes: their bytes."""
-    raw = random_vocab(rng, n_vocab, split_chars)
+def build(rng: random.Random, n_vocab: int, n_rules: int, bias: bool, split_chars: bool = True,
+          confusables: bool = False):
+    """vocab: the tokens as strings (surrogateescape for split characters); token_bytes: their bytes.
+    With `confusables`, the rules use that option and the tokens and phrases its look-alikes."""
+    raw = random_vocab(rng, n_vocab, split_chars, tuple(CONFUSABLE_CHARS) if confusables else ())
     vocab = [t.decode("utf-8", "surrogateescape") for t in raw]
     token_bytes = raw + [b"", b""]  # two special tokens
     special = {len(vocab), len(vocab) + 1}
     items = []
     for _ in range(n_rules):
-        p = random_phrase(rng)
+        p = random_phrase(rng, tuple(CONFUSABLE_WORD_CHARS) if confusables else ())
         if bias and rng.random() < 0.6:
             items.append(cull.rules.make_rule(p, "bias", rng.choice([-1.0, -2.5, -4.0, 0.5])))
         else:
             items.append(cull.rules.make_rule(p))
-    rules = cull.PhraseSet(items)
+    rules = cull.PhraseSet(items, confusables=confusables)
     matcher = cull.compile_rules(rules, vocab_from_token_bytes(token_bytes, special), cache=False)
     return vocab, token_bytes, special, rules, matcher
 

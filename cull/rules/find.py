@@ -64,7 +64,7 @@ def find(text: str, rules: "PhraseSet | Sequence[str]") -> list[Match]:
     found: list[Match] = []
     for rule in rules.rules:
         if rule.regex is not None:
-            found.extend(_regex_matches(text, rule, rules.options))
+            found.extend(_regex_matches(text, rule, rules))
             continue
         pat = phrase_units(rule.phrase, fold)
         if not pat:
@@ -86,14 +86,13 @@ def find(text: str, rules: "PhraseSet | Sequence[str]") -> list[Match]:
     return found
 
 
-def _regex_matches(text: str, rule: Rule, options) -> list[Match]:
+def _regex_matches(text: str, rule: Rule, rules: PhraseSet) -> list[Match]:
     """One regex rule's matches: a literal regex (a finite set of strings) matches as those phrases
     do; any other runs under the regex time limit (cull.rules.regex_match)."""
     phrases = literal_phrase_rules(rule)
     if phrases is not None:
-        ps = PhraseSet(phrases, ignore_case=options.ignore_case,  # the literals carry their own \b
-                       fold_quotes=options.fold_quotes)
-        spans = {(m.start, m.end) for m in find(text, ps)}
+        # the literals carry their own \b (as wildcards), and fold characters as phrases do
+        spans = {(m.start, m.end) for m in find(text, rules.with_rules(phrases))}
     else:
-        spans = timed_finditer(rule.regex, text, ignore_case=options.ignore_case, rule_text=rule.text)
+        spans = timed_finditer(rule.regex, text, ignore_case=rules.options.ignore_case, rule_text=rule.text)
     return [Match(rule, a, b) for a, b in sorted(set(spans))]

@@ -32,6 +32,7 @@ class PhraseSet:
         ignore_case: bool = True,
         fold_quotes: bool = True,
         ignore_accents: bool = False,
+        confusables: bool = False,
         allow_symbols: bool = False,
         max_phrase_chars: int = MAX_PHRASE_CHARS,
     ):
@@ -50,7 +51,12 @@ class PhraseSet:
                 for r in rules
             ]
         object.__setattr__(self, "rules", tuple(rules))
-        object.__setattr__(self, "options", Options(whole_words, ignore_case, fold_quotes, ignore_accents))
+        if confusables:  # say now, not at the first match, that the data is missing
+            from cull.text.confusables import data_version
+
+            data_version()
+        object.__setattr__(self, "options", Options(whole_words, ignore_case, fold_quotes, ignore_accents,
+                                                    confusables))
 
     @classmethod
     def load(cls, path, action: str | None = None, bias: float | None = None, **options) -> "PhraseSet":
@@ -61,6 +67,14 @@ class PhraseSet:
         max_file_bytes = options.pop("max_file_bytes", None)
         return cls(read_rule_file(path, action, bias, options.get("allow_symbols", False), max_file_bytes),
                    **options)
+
+    def with_rules(self, rules: Iterable[Rule]) -> "PhraseSet":
+        """Other rules (already parsed) under these same options: how a subset of the rules is
+        matched exactly as the whole set is."""
+        subset = object.__new__(PhraseSet)
+        object.__setattr__(subset, "rules", tuple(rules))
+        object.__setattr__(subset, "options", self.options)
+        return subset
 
     def __len__(self) -> int:
         return len(self.rules)

@@ -64,14 +64,20 @@ class Options:
     ignore_case: bool = True
     fold_quotes: bool = True
     ignore_accents: bool = False  # drop nonspacing marks: "cafe" matches "café"
+    confusables: bool = False  # look-alikes count as one (UTS #39): Cyrillic "е" matches Latin "e"
 
     def key(self) -> str:
-        return (f"w{int(self.whole_words)}c{int(self.ignore_case)}q{int(self.fold_quotes)}"
-                + ("a1" if self.ignore_accents else ""))
+        key = (f"w{int(self.whole_words)}c{int(self.ignore_case)}q{int(self.fold_quotes)}"
+               + ("a1" if self.ignore_accents else ""))
+        if self.confusables:  # the data's version too: new prototypes mean a new compile
+            from cull.text.confusables import data_version
+
+            key += f"u{data_version()}"
+        return key
 
     def fold(self) -> int:
         """The normalisation flags (cull.text.normalize.fold_flags) these options stand for."""
-        return fold_flags(self.ignore_case, self.fold_quotes, self.ignore_accents)
+        return fold_flags(self.ignore_case, self.fold_quotes, self.ignore_accents, self.confusables)
 
 
 def _where(source: str) -> str:

@@ -4,8 +4,10 @@ Matching is defined on characters (docs/automaton.md, "What is matched"). Every 
 its own to a normalised string (`fold_char`): compatibility decomposition (NFKD: fullwidth, math letters,
 ligatures, composed = decomposed), full case folding, every White_Space character -> " ",
 default-ignorable code points -> nothing, typographic quotes -> ' and ". Optionally, nonspacing marks
-are dropped (accent-insensitive). Each normalised character has a class: WORD (letters, marks,
-digits, "_"), SPACE, or OTHER (everything else, and the letters of scripts written without spaces).
+are dropped (accent-insensitive), and characters that look alike count as one (FOLD_CONFUSABLES:
+Unicode's confusable prototypes, UTS #39, applied to the folded character and folded again). Each
+normalised character has a class: WORD (letters, marks, digits, "_"), SPACE, or OTHER (everything
+else, and the letters of scripts written without spaces).
 
 The transducer decodes UTF-8 (invalid bytes become U+FFFD exactly as Python's errors="replace"),
 emits each character's normalised string, collapses runs of spaces and inserts BOUNDARY wherever the
@@ -18,6 +20,7 @@ from __future__ import annotations
 import codecs
 import re
 import unicodedata
+from functools import lru_cache
 
 from cull.text.unicode_tables import has_property
 
@@ -28,7 +31,7 @@ BOUNDARY = 0x0A  # "\n" never survives normalisation (whitespace becomes " "), s
 NUL_STANDIN = 0x09  # "\t" never survives either; stands in for NUL so numpy "S" keys keep it
 REPLACEMENT = "\ufffd"  # what invalid UTF-8 decodes to; never part of a phrase
 
-FOLD_CASE, FOLD_QUOTES, FOLD_ACCENTS = 1, 2, 4
+FOLD_CASE, FOLD_QUOTES, FOLD_ACCENTS, FOLD_CONFUSABLES = 1, 2, 4, 8
 DEFAULT_FOLD = FOLD_CASE | FOLD_QUOTES
 QUOTE_FOLD = {"\u2019": "'", "\u2018": "'", "\u02bc": "'", "\u201c": '"', "\u201d": '"'}
 
@@ -47,13 +50,61 @@ def _nfkd_fold(s: str, fold_case: bool) -> str:
     return s
 
 
+# ---- confusables (optional) ----
+SKELETON_ROUNDS = 4  # prototypes of folded prototypes: "%" -> "º/₀" -> "o/0" -> "o/o" takes two
+
+
+def _invisible_or_space(ch: str) -> bool:
+    return has_property("ignorable", ord(ch)) or has_property("white_space", ord(ch))
+
+
+@lru_cache(maxsize=2)
+def _prototype_table(fold_case: bool) -> dict[str, str]:
+    """Folded character -> its confusable prototype. Only characters that folding leaves alone are
+    keys: the prototype is looked up after folding, so the option only ever merges what the default
+    semantics already tell apart (it is coarser, never different)."""
+    from cull.text.confusables import prototypes
+
+    protos = prototypes()
+    table = {src: proto for src, proto in protos.items()
+             if not _invisible_or_space(src) and _nfkd_fold(src, fold_case) == src}
+    if fold_case:
+        # folding first means a capital's own prototype is never looked up: Cyrillic "Н" folds to
+        # "н", whose prototype is the small capital "ʜ". Where a capital's prototype is ASCII and its
+        # lower case's is not, the capital's counts, so capitals disguise no better than lower case
+        better: dict[str, list[tuple[str, str]]] = {}
+        for src, proto in protos.items():
+            low = _nfkd_fold(src, True)
+            if len(low) != 1 or low == src or unicodedata.normalize("NFKD", src) != src:
+                continue  # only case pairs: a compatibility form's look is not its decomposition's
+            theirs = _nfkd_fold(proto, True)
+            if theirs.isascii() and not table.get(low, low).isascii():
+                better.setdefault(low, []).append((theirs, proto))
+        table.update((low, min(cands)[1]) for low, cands in better.items())
+    return table
+
+
+def _skeleton(folded: str, fold_case: bool) -> str:
+    """Prototypes of already-folded characters, folded again, until nothing changes."""
+    table = _prototype_table(fold_case)
+    for _ in range(SKELETON_ROUNDS):
+        out = _nfkd_fold("".join(table.get(u, u) for u in folded), fold_case)
+        if out == folded:
+            break
+        folded = out
+    return folded
+
+
 def _fold_char_uncached(ch: str, fold: int) -> str:
     if has_property("ignorable", ord(ch)):
         return ""
     if has_property("white_space", ord(ch)):
         return " "
     out = []
-    for u in _nfkd_fold(ch, bool(fold & FOLD_CASE)):
+    folded = _nfkd_fold(ch, bool(fold & FOLD_CASE))
+    if fold & FOLD_CONFUSABLES:
+        folded = _skeleton(folded, bool(fold & FOLD_CASE))
+    for u in folded:
         cp = ord(u)
         if has_property("ignorable", cp):
             continue
@@ -208,10 +259,22 @@ def transduce(data: bytes, state: int = OTHER, fold: int = DEFAULT_FOLD) -> tupl
     if not data:
         return b"", state
     if state < 3 and data.isascii() and b"\0" not in data:
-        # ASCII normalises to itself (lower-cased): no ASCII character is ignorable, decomposable or
-        # a typographic quote, and its White_Space characters are exactly the ones _WS_RUN collapses
-        return _transduce_ascii(data, state, bool(fold & FOLD_CASE))
+        if not fold & FOLD_CONFUSABLES:
+            # ASCII normalises to itself (lower-cased): no ASCII character is ignorable, decomposable or
+            # a typographic quote, and its White_Space characters are exactly the ones _WS_RUN collapses
+            return _transduce_ascii(data, state, bool(fold & FOLD_CASE))
+        table = _ascii_fold_table(fold)
+        if table is not None:  # prototypes of ASCII are ASCII ("m" -> "rn", "0" -> "o"): fold, then as above
+            folded = data.decode("ascii").translate(table).encode("ascii")
+            return _transduce_ascii(folded, state, False) if folded else (b"", state)
     return transduce_plain(data, state, fold)
+
+
+@lru_cache(maxsize=8)
+def _ascii_fold_table(fold: int) -> dict[int, str] | None:
+    """str.translate table of every ASCII character's normalised string, or None if one is not ASCII."""
+    table = {b: fold_char(chr(b), fold) for b in range(1, 128)}
+    return table if all(s.isascii() for s in table.values()) else None
 
 
 def transduce_plain(data: bytes, state: int = OTHER, fold: int = DEFAULT_FOLD) -> tuple[bytes, int]:
@@ -248,6 +311,7 @@ def symbols_class(symbols: bytes, cls: int = OTHER) -> int:
     return OTHER if last == "\t" else norm_class(last)
 
 
-def fold_flags(ignore_case: bool = True, fold_quotes: bool = True, ignore_accents: bool = False) -> int:
+def fold_flags(ignore_case: bool = True, fold_quotes: bool = True, ignore_accents: bool = False,
+               confusables: bool = False) -> int:
     return (FOLD_CASE if ignore_case else 0) | (FOLD_QUOTES if fold_quotes else 0) | \
-        (FOLD_ACCENTS if ignore_accents else 0)
+        (FOLD_ACCENTS if ignore_accents else 0) | (FOLD_CONFUSABLES if confusables else 0)
