@@ -78,13 +78,30 @@ def test_every_documented_key_works_flat_and_nested(tmp_path, monkeypatch):
     (tmp_path / "slop.txt").write_text("tapestry\n")
     monkeypatch.setenv("CULL_LISTS_DIR", str(tmp_path))
     settings = {"phrases": ["delve"], "list": "slop", "mode": "bias", "bias": "-2.5", "include_prompt": 1,
-                "whole_words": "false"}
+                "whole_words": "false", "ignore_accents": "true", "confusables": 1}
     flat = parse_settings({f"cull_{k}": v for k, v in settings.items()})
     nested = parse_settings({"cull": json.dumps(settings)})
     for req in (flat, nested):
         assert sorted(r.phrase for r in req.rules) == ["delve", "tapestry"]
         assert all(r.action == "bias" and r.delta == -2.5 for r in req.rules)
         assert req.include_prompt and not req.rules.options.whole_words
+        assert req.rules.options.ignore_accents and req.rules.options.confusables
+        assert cull.find("we d\u0435lv\u00e9d", req.rules)  # Cyrillic e, accented e
+
+
+def test_confusables_without_the_package_is_a_400(monkeypatch):
+    """A server without the optional package refuses the key at admission instead of failing in the engine."""
+    from cull.errors import CullError, missing_extra
+
+    def phrase_set(*args, confusables=False, **kwargs):  # as PhraseSet behaves without the package
+        if confusables:
+            raise missing_extra("confusables", "confusables")
+        return cull.PhraseSet(*args, **kwargs)
+
+    monkeypatch.setattr("cull.integrations.request_settings.PhraseSet", phrase_set)
+    with pytest.raises(CullError, match="cull-lm\\[confusables\\]"):
+        parse_settings({"cull": {"phrases": ["delve"], "confusables": True}})
+    assert parse_settings({"cull": {"phrases": ["delve"]}}).rules.options.confusables is False
 
 
 def test_admission_is_bounded_by_the_limits_not_the_request():

@@ -10,7 +10,8 @@ A request asks for cull through `SamplingParams.extra_args` (`vllm_xargs` over t
 
 Keys: `phrases` (inline) and/or `list` (names of lists in the folder `$CULL_LISTS_DIR`, any format
 `PhraseSet.load` reads), `mode` (`ban` or `bias`; default: the file's own actions, else ban),
-`bias` (the delta for `mode=bias`, default -5), `include_prompt` (bool), `whole_words` (bool).
+`bias` (the delta for `mode=bias`, default -5), `include_prompt` (bool), `whole_words` (bool),
+`ignore_accents` (bool) and `confusables` (bool: UTS #39 look-alikes; the server needs `cull-lm[confusables]`).
 Anything else is an error, so a typo is reported rather than ignored. Booleans accept true/false,
 1/0 and "true"/"false" (vLLM's HTTP layer turns a JSON `true` in `vllm_xargs` into 1); `bias`
 accepts a number or a numeric string.
@@ -29,7 +30,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from cull.compile.build import DEFAULT_MAX_SYMBOLS
-from cull.errors import CullError
+from cull.errors import CullError, MissingExtraError
 from cull.rules import PhraseSet
 
 try:  # imported now, not by the first request with a regex rule (~0.1 s on the server's event loop)
@@ -37,7 +38,8 @@ try:  # imported now, not by the first request with a regex rule (~0.1 s on the 
 except ImportError:  # pragma: no cover - the hf extra brings it; a regex rule then says what to install
     pass
 
-KEYS = {"phrases", "list", "mode", "bias", "include_prompt", "whole_words"}
+KEYS = {"phrases", "list", "mode", "bias", "include_prompt", "whole_words", "ignore_accents", "confusables"}
+FLAGS = ("include_prompt", "whole_words", "ignore_accents", "confusables")
 DEFAULT_BIAS = -5.0
 MAX_ABS_BIAS = 1e30  # float32 holds it; a larger delta would overflow to inf when compiled
 def _env_limit(name: str, default: int) -> int:
@@ -202,7 +204,7 @@ def _parse(s: dict, in_engine: bool = False) -> RequestRules:
         bias = _number("bias", bias)
         if mode != "bias":
             _fail("'bias' is given but 'mode' is not 'bias'; add \"mode\": \"bias\"")
-    flags = {key: _flag(key, s.get(key, key == "whole_words")) for key in ("include_prompt", "whole_words")}
+    flags = {key: _flag(key, s.get(key, key == "whole_words")) for key in FLAGS}
     phrases = s.get("phrases", [])
     if isinstance(phrases, str):
         phrases = [phrases]
@@ -226,7 +228,12 @@ def _parse(s: dict, in_engine: bool = False) -> RequestRules:
         _fail("no phrases: give 'phrases' (a list of strings) or 'list' (a server-side list name)")
     if len(rules) > MAX_PHRASES:
         _too_many(len(rules))
-    ps = PhraseSet(rules, whole_words=flags["whole_words"])
+    try:
+        ps = PhraseSet(rules, whole_words=flags["whole_words"], ignore_accents=flags["ignore_accents"],
+                       confusables=flags["confusables"])
+    except MissingExtraError:
+        _fail("'confusables' needs the confusables package on the server (pip install 'cull-lm[confusables]'); "
+              "leave the key out, or ask the operator to install it")
     # everything compiling could refuse is checked here, at admission: an error once the request is
     # in the engine's batch could only be raised inside the engine
     from cull.compile.patterns import check_compilable
