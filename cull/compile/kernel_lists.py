@@ -17,13 +17,12 @@ def expand_segments(starts, counts):
     """(segment id, position) of every element of the segments [start, start + count), in order.
     int64 numpy arrays (host) or torch tensors (any device)."""
     if isinstance(counts, np.ndarray):
-        first = np.cumsum(counts) - counts
         seg = np.repeat(np.arange(len(counts)), counts)
-        return seg, np.repeat(starts - first, counts) + np.arange(len(seg))
+        first = np.cumsum(counts) - counts
+        return seg, starts[seg] + np.arange(len(seg)) - first[seg]
     import torch
 
-    arange = torch.arange(len(counts), device=counts.device)
-    seg = torch.repeat_interleave(arange, counts)
+    seg = torch.repeat_interleave(torch.arange(len(counts), device=counts.device), counts)
     first = torch.cumsum(counts, 0) - counts
     return seg, starts[seg] + torch.arange(len(seg), device=counts.device) - first[seg]
 

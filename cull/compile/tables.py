@@ -84,27 +84,25 @@ class TableArrays:
         the chain unrolled to `max_chain`. `nodes` is int64, numpy (host tables) or a tensor."""
         if isinstance(nodes, np.ndarray):
             xp, cat, rows = np, np.concatenate, np.arange(len(nodes))
-            long, clip0 = (lambda x: x.astype(np.int64)), (lambda x: x.clip(0))
         else:
             import torch
 
             xp, cat, rows = torch, torch.cat, torch.arange(len(nodes), device=nodes.device)
-            long, clip0 = (lambda x: x.long()), (lambda x: x.clamp(min=0))
-        m = xp.where(self.has_rng[nodes], nodes, long(self.out_next[nodes]))
+        m = xp.where(self.has_rng[nodes], nodes, _long(self.out_next[nodes]))
         chain_rows, chain_nodes = [], []
         for _ in range(self.max_chain):
             live = m >= 0
             chain_rows.append(rows[live])
             chain_nodes.append(m[live])
-            m = xp.where(live, long(self.out_next[clip0(m)]), m)
+            m = xp.where(live, _long(self.out_next[m.clip(0) if xp is np else m.clamp(min=0)]), m)
         if not chain_nodes:
             return rows[:0], rows[:0], self.rng_delta[:0]
         cn, cr = cat(chain_nodes), cat(chain_rows)
         r0 = self.rng_ptr[cn]
         seg, r = expand_segments(r0, self.rng_ptr[cn + 1] - r0)
-        lo, hi = long(self.rng_lo[r]), long(self.rng_hi[r])
+        lo, hi = _long(self.rng_lo[r]), _long(self.rng_hi[r])
         seg2, p = expand_segments(lo, hi - lo)
-        return cr[seg][seg2], long(self.perm[p]), self.rng_delta[r][seg2]
+        return cr[seg][seg2], _long(self.perm[p]), self.rng_delta[r][seg2]
 
 
 ARRAY_FIELDS = tuple(f.name for f in dataclasses.fields(TableArrays) if f.name != "max_chain")
@@ -251,6 +249,10 @@ class TokenMemo:
         self.lists[key] = tokens
         self.elems += len(tokens)
         return tokens
+
+
+def _long(x):
+    return x.astype(np.int64) if isinstance(x, np.ndarray) else x.long()
 
 
 def _nbytes(x) -> int:
