@@ -193,9 +193,7 @@ def device_memory_row(matcher, set_name, n_phrases) -> dict:
 
     torch.cuda.synchronize()
     before = torch.cuda.memory_allocated()
-    from cull.kernels.triton_backend import with_lists
-
-    with_lists(matcher.device_tables("cuda"))
+    matcher.device_tables("cuda").kernel_lists  # a cached property: reading it builds the Triton lists
     DeviceRowStates(matcher, "cuda", include_prompt=False)
     torch.cuda.synchronize()
     mib = (torch.cuda.memory_allocated() - before) / 2**20
@@ -249,11 +247,12 @@ def graph_rows(matcher, ids, V, hf, set_name, n_phrases):
         want = logits.clone()
         proc(ids, want)  # eager processor call, the reference for the graph's result
         got = logits.clone()
-        step_triton(got, ids, pw, prev, new, rows_.prompt_len, False, rows_.S, T)
+        scope = rows_.scope(ids.shape[1])
+        step_triton(got, ids, pw, prev, new, scope, False, rows_.step_tables, T)
         if not torch.equal(got, want):
             raise SystemExit("correctness check failed: the graph-mode step differs from the processor call")
-        variants = {"cull-triton": lambda: step_triton(logits, ids, pw, prev, new, rows_.prompt_len, False,
-                                                       rows_.S, T)}
+        variants = {"cull-triton": lambda: step_triton(logits, ids, pw, prev, new, scope, False,
+                                                       rows_.step_tables, T)}
         mask = torch.rand(B, V, device=ids.device) < 0.05
         variants["dense-mask"] = lambda: logits.masked_fill_(mask, float("-inf"))
         if hf is not None and dtype == torch.float32:

@@ -5,8 +5,9 @@ One dispatcher, one module per backend with the same signature, and a plain refe
     apply_rules(logits, nodes, classes, tables, backend="auto")
 
 `logits` is [B, V] (fp32, bf16 or fp16); `nodes`/`classes` are each row's automaton state;
-`tables` comes from CompiledMatcher.device_tables(device). On CUDA the HF processor calls
-`triton_backend.step_triton` instead, which also finds the states on the device, in the same launch.
+`tables` is a `cull.compile.tables.DeviceTables` (CompiledMatcher.device_tables(device)), which the
+kernels read and never write. On CUDA the HF processor calls `triton_backend.step_triton` instead,
+which also finds the states on the device, in the same launch.
 """
 from __future__ import annotations
 
@@ -42,7 +43,6 @@ def apply_rules(logits, nodes, classes, tables, backend: str = "auto"):
         from cull.kernels.triton_backend import apply_rules_triton as fn
     else:
         from cull.kernels.reference import apply_rules_reference as fn
-    pending = tables.get("pending")  # rows inside a character split across tokens: cull/compile/pending.py
-    if pending is not None:
-        return pending.apply(logits, nodes, classes, fn, tables)
+    if tables.pending is not None:  # rows inside a character split across tokens: cull/compile/pending.py
+        return tables.pending.apply(logits, nodes, classes, fn, tables)
     return fn(logits, nodes, classes, tables)

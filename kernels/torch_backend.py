@@ -1,57 +1,21 @@
 """Vectorised torch backend: no Python loop over rows, phrases or ranges.
 
 Each row's chain of ranged nodes is unrolled to the compile-time bound `max_chain`; its ranges are
-expanded into (row, token, delta) triples with repeat-and-offset arithmetic (numpy on CPU, where
-tiny torch ops cost more than the work; torch on a GPU). Long always-lists are applied densely,
-grouped by class: one masked fill against a [V] ban mask, a cost that does not grow with the phrase
-count. On CPU, bans cache each visited node's token list, so a step is one `index_fill_`/
-`index_put_`. Biases take the minimum delta per (row, token) and are added once, in fp32, rounded
-once to the logits' dtype.
+expanded into (row, token, delta) triples with repeat-and-offset arithmetic (`TableArrays.range_triples`:
+numpy on CPU, where tiny torch ops cost more than the work; torch on a GPU). Long always-lists are
+applied densely, grouped by class: one masked fill against a [V] ban mask, a cost that does not grow
+with the phrase count. On CPU, bans read each visited node's token list, which the tables keep
+(`DeviceTables.chain_tokens`), so a step is one `index_fill_`/`index_put_`. Biases take the minimum
+delta per (row, token) and are added once, in fp32, rounded once to the logits' dtype.
 """
 from __future__ import annotations
 
 import numpy as np
 import torch
 
+from cull.compile.tables import DeviceTables
+
 NEG_INF = float("-inf")
-
-
-def _expand(xp, starts, counts):
-    """For segments [start, start+count): (segment id, position) of every element."""
-    arange = np.arange if xp is np else (lambda n: torch.arange(n, device=counts.device))
-    seg = np.repeat(arange(len(counts)), counts) if xp is np else torch.repeat_interleave(arange(len(counts)), counts)
-    first = xp.cumsum(counts, 0) - counts
-    pos = starts[seg] + arange(len(seg)) - first[seg]
-    return seg, pos
-
-
-def range_triples(nodes, T):
-    """(rows, tokens, deltas) of the ranges on each row's chain; duplicates possible. `nodes` and the
-    tables are numpy arrays (CPU) or torch tensors (GPU)."""
-    xp = np if isinstance(nodes, np.ndarray) else torch
-    rows = np.arange(len(nodes)) if xp is np else torch.arange(len(nodes), device=nodes.device)
-    m = xp.where(T["has_rng"][nodes], nodes, T["out_next"][nodes].astype(np.int64) if xp is np
-                 else T["out_next"][nodes].long())
-    chain_rows, chain_nodes = [], []
-    for _ in range(T["max_chain"]):
-        live = m >= 0
-        chain_rows.append(rows[live])
-        chain_nodes.append(m[live])
-        nxt = T["out_next"][m.clip(0) if xp is np else m.clamp(min=0)]
-        m = xp.where(live, nxt.astype(np.int64) if xp is np else nxt.long(), m)
-    if not chain_nodes:
-        return rows[:0], rows[:0], (np.zeros(0, np.float32) if xp is np else torch.zeros(0, device=rows.device))
-    cn, cr = xp.concatenate(chain_nodes) if xp is np else torch.cat(chain_nodes), \
-        xp.concatenate(chain_rows) if xp is np else torch.cat(chain_rows)
-    r0 = T["rng_ptr"][cn]
-    seg, r = _expand(xp, r0, T["rng_ptr"][cn + 1] - r0)
-    lo = T["rng_lo"][r]
-    lo = lo.astype(np.int64) if xp is np else lo.long()
-    hi = T["rng_hi"][r]
-    hi = hi.astype(np.int64) if xp is np else hi.long()
-    seg2, p = _expand(xp, lo, hi - lo)
-    tok = T["perm"][p]
-    return cr[seg][seg2], (tok.astype(np.int64) if xp is np else tok.long()), T["rng_delta"][r][seg2]
 
 
 def _ban_rows(logits, classes, alw_ban):
@@ -70,26 +34,6 @@ def _ban_rows(logits, classes, alw_ban):
 DENSE_ALWAYS = 0  # always-lists longer than this are applied densely: one minimum over V, whatever the phrase count
 
 
-CHAIN_CACHE_ELEMS = 1 << 19  # token ids cached per matcher (4 MiB)
-
-
-def _chain_tokens_cpu(node: int, T) -> torch.Tensor:
-    """The tokens a node's chain bans, cached per node (bans only): on a CPU every op costs
-    microseconds, so a visited state's token list is computed once."""
-    cache = T.setdefault("chain_cache", {})
-    hit = cache.get(node)
-    if hit is None:
-        _, tok, _ = range_triples(np.asarray([node], dtype=np.int64), T["np"])
-        hit = torch.from_numpy(np.unique(tok))
-        size = T.get("chain_cache_elems", 0) + len(hit)
-        if size > CHAIN_CACHE_ELEMS:  # bounded: a server keeps hundreds of matchers alive
-            cache.clear()
-            size = len(hit)
-        T["chain_cache_elems"] = size
-        cache[node] = hit
-    return hit
-
-
 def _fill(row: torch.Tensor, tok: torch.Tensor) -> None:
     if len(tok):
         if int(tok[-1]) >= row.shape[0]:  # sorted: only a tokenizer wider than the logits gets here
@@ -97,24 +41,24 @@ def _fill(row: torch.Tensor, tok: torch.Tensor) -> None:
         row.index_fill_(0, tok, NEG_INF)
 
 
-def _apply_bans_cpu(logits, nodes_host, classes_host, T):
-    alw = T["alw_t"]
+def _apply_bans_cpu(logits, nodes_host, classes_host, T: DeviceTables):
+    alw = T.always_sorted
     B, V = logits.shape
     dense = [len(a) > DENSE_ALWAYS for a in alw]
     if B == 1:  # the common CPU case, kept to a handful of calls
         c = int(classes_host[0])
         row = logits[0]
         if dense[c]:
-            W = min(V, T["alw_ban"].shape[1])
-            row[:W].masked_fill_(T["alw_ban"][c, :W], NEG_INF)
+            W = min(V, T.alw_ban.shape[1])
+            row[:W].masked_fill_(T.alw_ban[c, :W], NEG_INF)
         else:
             _fill(row, alw[c])
-        _fill(row, _chain_tokens_cpu(int(nodes_host[0]), T))
+        _fill(row, T.chain_tokens(int(nodes_host[0])))
         return logits
     cls_list = classes_host.tolist()
     if any(dense[c] for c in cls_list):
-        _ban_rows(logits, torch.from_numpy(np.where([dense[c] for c in cls_list], classes_host, -1)), T["alw_ban"])
-    toks = [_chain_tokens_cpu(n, T) for n in nodes_host.tolist()]
+        _ban_rows(logits, torch.from_numpy(np.where([dense[c] for c in cls_list], classes_host, -1)), T.alw_ban)
+    toks = [T.chain_tokens(n) for n in nodes_host.tolist()]
     toks = [t if dense[c] else torch.cat([t, alw[c]]) for t, c in zip(toks, cls_list)]
     rows = torch.repeat_interleave(torch.arange(B), torch.tensor([len(t) for t in toks]))
     tok = torch.cat(toks)
@@ -129,22 +73,22 @@ def _host(x) -> np.ndarray:
     return np.asarray(torch.as_tensor(x).cpu(), dtype=np.int64)
 
 
-def apply_rules_torch(logits: torch.Tensor, nodes, classes, T) -> torch.Tensor:
+def apply_rules_torch(logits: torch.Tensor, nodes, classes, T: DeviceTables) -> torch.Tensor:
     dev = logits.device
     on_cpu = dev.type == "cpu"
-    if on_cpu and T["all_ban"]:
+    if on_cpu and T.all_ban:
         return _apply_bans_cpu(logits, _host(nodes), _host(classes), T)
     if on_cpu:
-        rows, tok, d = range_triples(_host(nodes), T["np"])
+        rows, tok, d = T.host.range_triples(_host(nodes))
         rows, tok, d = torch.from_numpy(rows), torch.from_numpy(tok), torch.from_numpy(np.ascontiguousarray(d))
     else:
-        rows, tok, d = range_triples(torch.as_tensor(nodes, device=dev).long(), T)
+        rows, tok, d = T.dev.range_triples(torch.as_tensor(nodes, device=dev).long())
     V = logits.shape[1]
     keep = tok < V  # a tokenizer vocabulary may be wider than the logits, never the other way round
     if not bool(keep.all()):
         rows, tok, d = rows[keep], tok[keep], d[keep]
-    if T["all_ban"]:
-        _ban_rows(logits, torch.as_tensor(classes, device=dev).long(), T["alw_ban"])
+    if T.all_ban:
+        _ban_rows(logits, torch.as_tensor(classes, device=dev).long(), T.alw_ban)
         if len(tok):
             logits.index_put_((rows.to(dev), tok.to(dev)), torch.tensor(NEG_INF, dtype=logits.dtype, device=dev))
         return logits
@@ -155,12 +99,12 @@ def apply_rules_torch(logits: torch.Tensor, nodes, classes, T) -> torch.Tensor:
     best = torch.full((len(uniq),), float("inf"), device=dev, dtype=torch.float32)
     best.scatter_reduce_(0, inv, d.float(), reduce="amin")
     urow, utok = uniq // V, uniq % V
-    best = torch.minimum(best, T["alw_min"][classes_t[urow], utok])
+    best = torch.minimum(best, T.alw_min[classes_t[urow], utok])
     orig = logits[urow, utok].float()  # 2-D indexing: any strides (vLLM hands over padded-vocab slices)
     # always-lists densely, then the range positions are rewritten from their original values
-    W = min(V, T["alw_min"].shape[1])
+    W = min(V, T.alw_min.shape[1])
     part = logits[:, :W]
-    alw = T["alw_min"][classes_t, :W]
+    alw = T.alw_min[classes_t, :W]
     hit = alw != float("inf")
     part.copy_(torch.where(hit, torch.where(alw == NEG_INF, NEG_INF, part.float() + alw), part.float())
                .to(logits.dtype))

@@ -19,6 +19,8 @@ import math
 
 import torch
 
+from cull.compile.tables import DeviceTables, KernelLists, StepTables
+
 try:
     import triton
     import triton.language as tl
@@ -38,12 +40,28 @@ PREV_BLOCK = 64       # previous rows compared per iteration
 if AVAILABLE:
 
     @triton.jit
+    def _list_block(tok_ptr, s0, end, V, BLOCK: tl.constexpr):
+        """Positions s0.. of a token list (those before `end`), their token ids, and which to write."""
+        idx = s0 + tl.arange(0, BLOCK)
+        m = idx < end
+        tok = tl.load(tok_ptr + idx, mask=m, other=0).to(tl.int64)
+        return idx, tok, m & (tok < V)
+
+    @triton.jit
+    def _write(base, tok, m, d, BAN: tl.constexpr, BLOCK: tl.constexpr):
+        """base[tok] = -inf (BAN), else orig + d in fp32 rounded once (d == -inf bans), where m."""
+        if BAN:
+            tl.store(base + tok, tl.full([BLOCK], float("-inf"), tl.float32).to(base.dtype.element_ty), mask=m)
+        else:
+            orig = tl.load(base + tok, mask=m, other=0.0).to(tl.float32)
+            val = tl.where(d == float("-inf"), float("-inf"), orig + d)
+            tl.store(base + tok, val.to(base.dtype.element_ty), mask=m)
+
+    @triton.jit
     def _apply_row(base, V, node, c, part, split, has_rng_ptr, out_next_ptr, lst_ptr_ptr, lst_tok_ptr, lst_delta_ptr,
                    alw_ptr_ptr, alw_tok_ptr, alw_delta_ptr, alw_min_ptr, alw_bits_ptr, alw_words, n_tok,
                    MAX_CHAIN: tl.constexpr, ALL_BAN: tl.constexpr, DENSE_ALW: tl.constexpr,
                    SEARCH_STEPS: tl.constexpr, BLOCK: tl.constexpr):
-        offs = tl.arange(0, BLOCK)
-        neg_inf = float("-inf")
         first = node
         if tl.load(has_rng_ptr + node) == 0:
             first = tl.load(out_next_ptr + node).to(tl.int64)
@@ -55,38 +73,29 @@ if AVAILABLE:
                 p0 = tl.load(lst_ptr_ptr + cur)
                 p1 = tl.load(lst_ptr_ptr + cur + 1)
                 for s0 in range(p0 + part * BLOCK, p1, split * BLOCK):
-                    idx = s0 + offs
-                    m = idx < p1
-                    tok = tl.load(lst_tok_ptr + idx, mask=m, other=0).to(tl.int64)
-                    m = m & (tok < V)
+                    idx, tok, m = _list_block(lst_tok_ptr, s0, p1, V, BLOCK)
                     if ALL_BAN:
-                        tl.store(base + tok, tl.full([BLOCK], neg_inf, tl.float32).to(base.dtype.element_ty), mask=m)
-                    else:
-                        d = tl.load(lst_delta_ptr + idx, mask=m, other=0.0)
-                        amin = tl.load(alw_min_ptr + c * n_tok + tok, mask=m, other=float("inf"))
-                        dd = tl.minimum(amin, d)
-                        orig = tl.load(base + tok, mask=m, other=0.0).to(tl.float32)
-                        val = tl.where(dd == neg_inf, neg_inf, orig + dd)
-                        tl.store(base + tok, val.to(base.dtype.element_ty), mask=m)
+                        _write(base, tok, m, 0.0, True, BLOCK)
+                    else:  # an always-list token the chain also holds: the stronger delta
+                        d = tl.minimum(tl.load(alw_min_ptr + c * n_tok + tok, mask=m, other=float("inf")),
+                                       tl.load(lst_delta_ptr + idx, mask=m, other=0.0))
+                        _write(base, tok, m, d, False, BLOCK)
                 if ALL_BAN:
                     cur = tl.load(out_next_ptr + cur).to(tl.int64)
         if DENSE_ALW:  # the class's always-list as a bitmask: a contiguous slice of the row per program
             for t0 in range(part * BLOCK, n_tok, split * BLOCK):
-                tok = t0 + offs
+                tok = t0 + tl.arange(0, BLOCK)
                 m = tok < n_tok
                 word = tl.load(alw_bits_ptr + c * alw_words + (tok >> 5), mask=m, other=0)
                 m = m & (((word >> (tok & 31)) & 1) != 0) & (tok < V)
-                tl.store(base + tok, tl.full([BLOCK], neg_inf, tl.float32).to(base.dtype.element_ty), mask=m)
+                _write(base, tok, m, 0.0, True, BLOCK)
         else:  # the class's always-list, sorted token ids (nearly coalesced stores)
             a0 = tl.load(alw_ptr_ptr + c)
             a1 = tl.load(alw_ptr_ptr + c + 1)
             for s0 in range(a0 + part * BLOCK, a1, split * BLOCK):
-                idx = s0 + offs
-                m = idx < a1
-                tok = tl.load(alw_tok_ptr + idx, mask=m, other=0).to(tl.int64)
-                m = m & (tok < V)
+                idx, tok, m = _list_block(alw_tok_ptr, s0, a1, V, BLOCK)
                 if ALL_BAN:
-                    tl.store(base + tok, tl.full([BLOCK], neg_inf, tl.float32).to(base.dtype.element_ty), mask=m)
+                    _write(base, tok, m, 0.0, True, BLOCK)
                 else:
                     d = tl.load(alw_delta_ptr + idx, mask=m, other=0.0)
                     if first >= 0:  # skip tokens the merged list wrote: binary search in it
@@ -103,9 +112,7 @@ if AVAILABLE:
                             hi = tl.where(live & (right == 0), mid, hi)
                         hitv = tl.load(lst_tok_ptr + lo, mask=m & (lo < p1), other=-1).to(tl.int64)
                         m = m & (hitv != tok)
-                    orig = tl.load(base + tok, mask=m, other=0.0).to(tl.float32)
-                    val = tl.where(d == neg_inf, neg_inf, orig + d)
-                    tl.store(base + tok, val.to(base.dtype.element_ty), mask=m)
+                    _write(base, tok, m, d, False, BLOCK)
 
     @triton.jit(do_not_specialize=["L", "n_prev", "scope", "split"])
     def _step_kernel(logits_ptr, stride_row, V, nodes_ptr, cls_ptr, split,
@@ -137,16 +144,9 @@ if AVAILABLE:
                        MAX_CHAIN, ALL_BAN, DENSE_ALW, SEARCH_STEPS, BLOCK)
 
 
-def with_lists(T):
-    """The device tables with the kernel's flat token lists, built on first use."""
-    if "lst_ptr" not in T:
-        T.update(T["kernel_lists"]())
-    return T
-
-
-def split_for(B: int, T) -> int:
+def split_for(B: int, T: DeviceTables) -> int:
     """Programs per row: enough to fill the GPU at small B, never more than the longest list needs."""
-    work = T["n_tok"] if T["dense_always"] else max(T["max_alw"], 1)
+    work = T.n_tok if T.kernel_lists.dense_always else max(T.max_always, 1)
     return max(1, min(MAX_SPLIT, math.ceil(TARGET_PROGRAMS / max(B, 1)), math.ceil(work / BLOCK)))
 
 
@@ -157,13 +157,14 @@ def _require():
         raise MissingExtraError("backend='triton' needs triton. Fix: pip install 'cull-lm[triton]'")
 
 
-def _table_args(T):
-    alw_min = T["alw_min"] if not T["all_ban"] else T["lst_delta"]  # unused in ban mode
-    return (T["has_rng"], T["out_next"], T["lst_ptr"], T["lst_tok"], T["lst_delta"], T["alw_ptr"], T["alw_tok"],
-            T["alw_delta"], alw_min, T["alw_bits"], T["alw_words"], T["n_tok"])
+def _table_args(T: DeviceTables, L: KernelLists):
+    alw_min = T.alw_min if not T.all_ban else L.lst_delta  # unused in ban mode
+    D = T.dev
+    return (D.has_rng, D.out_next, L.lst_ptr, L.lst_tok, L.lst_delta, D.alw_ptr, D.alw_tok, D.alw_delta, alw_min,
+            L.alw_bits, L.alw_words, T.n_tok)
 
 
-def _launch(logits, nodes, classes, T, step=None, apply=True):
+def _launch(logits, nodes, classes, T: DeviceTables, step=None, apply=True):
     _require()
     if apply and logits.shape[1] > 1 and logits.stride(1) != 1:
         # the kernel walks a row with unit stride; any row stride is fine (a padded-vocabulary
@@ -172,7 +173,7 @@ def _launch(logits, nodes, classes, T, step=None, apply=True):
         _launch(dense, nodes, classes, T, step, apply)
         logits.copy_(dense)
         return
-    T = with_lists(T)
+    L = T.kernel_lists  # built on first use
     B = nodes.shape[0]
     split = split_for(B, T) if apply else 1
     if step is None:  # states given: the advance arguments are unused
@@ -183,19 +184,19 @@ def _launch(logits, nodes, classes, T, step=None, apply=True):
     else:
         ids, pw, prev, new_hash, scope, fresh, S = step
         adv = (ids, ids.stride(0), ids.shape[1], pw, prev[0], prev[1], prev[2], prev[0].shape[0], scope, new_hash,
-               S["sym"], S["sym_off"], S["cls_after"], S["hkeys"], S["hvals"], S["hmask"], S["fail"], S["radix"])
-        flags = dict(ADVANCE=True, FRESH=bool(fresh), TOKEN_MODE=S["token_mode"])
+               S.sym, S.sym_off, S.cls_after, S.hkeys, S.hvals, S.hmask, S.fail, S.radix)
+        flags = dict(ADVANCE=True, FRESH=bool(fresh), TOKEN_MODE=S.token_mode)
     stride = logits.stride(0) if apply else 0
     V = logits.shape[1] if apply else 0
     _step_kernel[(B, split)](
-        logits if apply else nodes, stride, V, nodes, classes, split, *adv, *_table_args(T),
-        APPLY=apply, MAX_CHAIN=max(int(T["max_chain"]), 1), ALL_BAN=bool(T["all_ban"]),
-        DENSE_ALW=bool(T["dense_always"]), SEARCH_STEPS=int(T["search_steps"]), BLOCK=BLOCK,
+        logits if apply else nodes, stride, V, nodes, classes, split, *adv, *_table_args(T, L),
+        APPLY=apply, MAX_CHAIN=max(T.max_chain, 1), ALL_BAN=T.all_ban,
+        DENSE_ALW=L.dense_always, SEARCH_STEPS=L.search_steps, BLOCK=BLOCK,
         HB=HASH_BLOCK, PB=PREV_BLOCK, **flags,
     )
 
 
-def apply_rules_triton(logits: torch.Tensor, nodes, classes, T) -> torch.Tensor:
+def apply_rules_triton(logits: torch.Tensor, nodes, classes, T: DeviceTables) -> torch.Tensor:
     """Edit the logits for rows whose (node, class) states are given."""
     dev = logits.device
     nodes = torch.as_tensor(nodes, device=dev).to(torch.int64)
@@ -204,7 +205,8 @@ def apply_rules_triton(logits: torch.Tensor, nodes, classes, T) -> torch.Tensor:
     return logits
 
 
-def step_triton(logits, ids, pw, prev, new, scope: int, fresh: bool, S, T, apply: bool = True) -> None:
+def step_triton(logits, ids, pw, prev, new, scope: int, fresh: bool, S: StepTables, T: DeviceTables,
+                apply: bool = True) -> None:
     """One decode step on the device: find every row's state from its tokens `ids` [B, L] and the
     previous step's (hash, node, class) `prev`, write the new ones into `new`, and (if `apply`) edit
     the logits. `pw` holds the hash's powers (at least L of them)."""

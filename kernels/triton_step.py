@@ -10,6 +10,8 @@ failure links.
 """
 from __future__ import annotations
 
+from cull.compile.tables import HASH_MUL  # the host builds the goto hash with the same multiplier
+
 try:
     import triton
     import triton.language as tl
@@ -17,8 +19,6 @@ try:
     AVAILABLE = True
 except ImportError:  # pragma: no cover
     AVAILABLE = False
-
-HASH_MUL = 2654435761  # Knuth's multiplicative hash; the host builds the table with the same one
 
 if AVAILABLE:
     _HASH_MUL = tl.constexpr(HASH_MUL)  # jitted code may only read constexpr globals

@@ -81,6 +81,36 @@ def test_damaged_file_is_recompiled_and_rewritten(tmp_path, monkeypatch, damage)
     assert cull.compile_rules(["ab c", "dd"], vocab).meta["from_cache"]  # rewritten whole
 
 
+def test_a_file_of_an_older_format_is_recompiled_and_rewritten(tmp_path, monkeypatch):
+    """Format 3 stored a `node_cls` array that nothing read; such a file (here under the current
+    key, as a copied or downgraded cache would have it) is a miss, rebuilt without an error."""
+    import json
+
+    from cull.compile.matcher import FORMAT_VERSION
+
+    monkeypatch.setenv("CULL_CACHE_DIR", str(tmp_path))
+    vocab = vocab_from_token_bytes(TOKENS)
+    good = cull.compile_rules(["ab c", "dd"], vocab)
+    f = _files(tmp_path)[0]
+    with np.load(f) as z:
+        arrays = {k: z[k] for k in z.files if k != "meta"}
+        meta = json.loads(bytes(z["meta"]).decode())
+    assert "node_cls" not in arrays and meta["format"] == FORMAT_VERSION > 3
+    meta["format"] = 3
+    arrays["node_cls"] = np.zeros(len(arrays["fail"]), np.int8)
+    with open(f, "wb") as out:
+        np.savez(out, meta=np.frombuffer(json.dumps(meta).encode(), dtype=np.uint8), **arrays)
+    again = cull.compile_rules(["ab c", "dd"], vocab)
+    assert not again.meta["from_cache"]
+    assert again.banned(again.initial_state()) == good.banned(good.initial_state())
+    for k, v in good.tables.items():
+        assert np.array_equal(v, again.tables[k]), k
+    with np.load(f) as z:
+        assert json.loads(bytes(z["meta"]).decode())["format"] == FORMAT_VERSION
+        assert "node_cls" not in z.files
+    assert cull.compile_rules(["ab c", "dd"], vocab).meta["from_cache"]
+
+
 def test_another_lists_tables_under_this_key_are_not_used(tmp_path, monkeypatch):
     monkeypatch.setenv("CULL_CACHE_DIR", str(tmp_path))
     vocab = vocab_from_token_bytes(TOKENS)

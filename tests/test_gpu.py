@@ -106,7 +106,7 @@ def test_cuda_graph_replay_equals_eager(data_dir):
     pw = rows.powers_for(ids.shape[1])
 
     def step(buf, new):
-        step_triton(buf, ids, pw, prev, new, rows.prompt_len, False, rows.S, T)
+        step_triton(buf, ids, pw, prev, new, rows.scope(ids.shape[1]), False, rows.step_tables, T)
 
     eager = scores.clone()
     new_e = tuple(torch.empty_like(x) for x in prev)

@@ -32,7 +32,9 @@ def test_matcher_with_device_tables_is_freed_without_gc(no_gc, bias):
     rules = cull.PhraseSet(["ab", "c a"], action="bias" if bias else "ban", bias=-2.0 if bias else None)
     m = cull.compile_rules(rules, vocab_from_token_bytes(TOKENS), cache=False)
     tables = m.device_tables("cpu")
-    tables["kernel_lists"]()  # the Triton lists' builder must not hold the matcher either
+    tables.kernel_lists  # the lazily built parts must not hold the matcher either
+    tables.always_sorted
+    m.step_tables("cpu")  # nor the device path's step tables
     logits = torch.zeros(2, len(TOKENS))
     apply_rules(logits, torch.tensor([0, 1]), torch.tensor([0, 1]), tables, backend="torch")
     ref = weakref.ref(m)

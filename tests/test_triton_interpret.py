@@ -117,3 +117,38 @@ def test_triton_on_disguises_split_into_bytes(data_dir):
     base, outs = run_backends(m, states, len(vocab.token_bytes), torch.float32, ["reference", "triton"], 5)
     assert torch.equal(outs["reference"], outs["triton"])
     assert (outs["reference"] == float("-inf")).any()
+
+
+@pytest.mark.parametrize("bias", [False, True])
+def test_kernels_only_read_the_tables(bias):
+    """Every backend leaves the device tables as it found them (lazily built parts aside), and the
+    tables refuse assignment."""
+    import dataclasses
+
+    import numpy as np
+
+    rng = random.Random(40 + bias)
+    vocab, toks, special, rules, matcher = build(rng, 70, 5, bias=bias)
+    T = matcher.device_tables("cpu")
+    T.kernel_lists, T.always_sorted  # built first: they are the tables' own, once
+    states = random_states(matcher, len(toks), 4, rng)
+
+    def snapshot():
+        parts = [T.dev, T.host, T.kernel_lists]
+        out = [getattr(p, f.name) for p in parts for f in dataclasses.fields(p)]
+        out += [T.alw_min, T.alw_ban, *T.always_sorted]
+        return [x.clone() if isinstance(x, torch.Tensor) else np.copy(x) if isinstance(x, np.ndarray) else x
+                for x in out]
+
+    before = snapshot()
+    run_backends(matcher, states, len(toks), torch.float32, ["reference", "torch", "triton"], 1)
+    after = snapshot()
+    for a, b in zip(before, after):
+        if isinstance(a, torch.Tensor):
+            assert torch.equal(a, b)
+        elif isinstance(a, np.ndarray):
+            assert np.array_equal(a, b)
+        else:
+            assert a == b
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        T.all_ban = not T.all_ban

@@ -9,7 +9,6 @@ import math
 
 import numpy as np
 
-from cull.text.normalize import BOUNDARY
 
 INF = math.inf
 
@@ -49,29 +48,14 @@ class Automaton:
     def __len__(self) -> int:
         return len(self.nodes)
 
-    def step(self, node: int, sym: int) -> int:
-        goto, fail = self.goto, self.fail
-        while True:
-            child = goto.get(node * 256 + sym)
-            if child is not None:
-                return child
-            if node == 0:
-                return 0
-            node = fail[node]
 
-    def feed(self, node: int, symbols: bytes) -> tuple[int, float]:
-        """Step through `symbols`; return the final node and the strongest delta of any match completed
-        by a symbol after the first (a match completed by a leading BOUNDARY ended in earlier text)."""
-        best = INF
-        out = self.out
-        for k, sym in enumerate(symbols):
-            node = self.step(node, sym)
-            if k or sym != BOUNDARY:
-                d = out[node]
-                if d < best:
-                    best = d
-        return node, best
-
-    def end_delta(self, node: int) -> float:
-        """Delta of a match that the text's end (a virtual boundary) would complete."""
-        return self.out[self.step(node, BOUNDARY)]
+def output_links(fail, marked) -> np.ndarray:
+    """For each node, the nearest node strictly down its failure chain that is `marked` (-1: none):
+    the chain a state walks to collect what every suffix of its text contributes. Nodes must be in
+    breadth-first order (fail[i] < i), as both automata number them."""
+    n = len(fail)
+    out = np.full(n, -1, dtype=np.int32)
+    for i in range(1, n):
+        f = fail[i]
+        out[i] = f if marked[f] else out[f]
+    return out

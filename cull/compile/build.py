@@ -14,7 +14,7 @@ import time
 
 import numpy as np
 
-from cull.compile.automaton import Automaton
+from cull.compile.automaton import Automaton, output_links
 from cull.text.normalize import BOUNDARY, OTHER, symbols_class
 from cull.compile.patterns import compile_patterns
 from cull.rules import PhraseSet
@@ -223,11 +223,8 @@ def build_tables(rules: PhraseSet, token_bytes, special_ids=(), keys: TokenKeys 
     np.add.at(rng_ptr, nodes.astype(np.int64) + 1, 1)
     rng_ptr = np.cumsum(rng_ptr)
     has = rng_ptr[1:] > rng_ptr[:-1]
-    out_next = np.full(n, -1, dtype=np.int32)
     fail = np.asarray(A.fail, dtype=np.int32)
-    for i in range(1, n):  # breadth-first: fail[i] is done before i
-        f = fail[i]
-        out_next[i] = f if has[f] else out_next[f]
+    out_next = output_links(fail, has)
     alw_tok, alw_delta, alw_ptr = [], [], [0]
     for c in CLASSES:
         t = np.flatnonzero(np.isfinite(best[c]) | (best[c] == -np.inf))
@@ -250,7 +247,6 @@ def build_tables(rules: PhraseSet, token_bytes, special_ids=(), keys: TokenKeys 
         "alw_tok": np.concatenate(alw_tok),
         "alw_delta": np.concatenate(alw_delta),
         "fail": fail,
-        "node_cls": node_cls,
         "node_out": A.out.astype(np.float32),
         "goto_key": goto_key,
         "goto_val": goto_val,

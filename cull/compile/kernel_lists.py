@@ -13,20 +13,25 @@ import numpy as np
 DENSE_ALWAYS_MIN = 2048  # always-lists at least this long are applied from a bitmask
 
 
-def _expand(starts: np.ndarray, counts: np.ndarray) -> np.ndarray:
-    """Positions start..start+count-1 of every segment, concatenated."""
-    total = int(counts.sum())
-    if total == 0:
-        return np.zeros(0, np.int64)
-    first = np.cumsum(counts) - counts
-    return np.repeat(starts - first, counts) + np.arange(total)
+def expand_segments(starts, counts):
+    """(segment id, position) of every element of the segments [start, start + count), in order.
+    int64 numpy arrays (host) or torch tensors (any device)."""
+    if isinstance(counts, np.ndarray):
+        seg = np.repeat(np.arange(len(counts)), counts)
+        first = np.cumsum(counts) - counts
+        return seg, starts[seg] + np.arange(len(seg)) - first[seg]
+    import torch
+
+    seg = torch.repeat_interleave(torch.arange(len(counts), device=counts.device), counts)
+    first = torch.cumsum(counts, 0) - counts
+    return seg, starts[seg] + torch.arange(len(seg), device=counts.device) - first[seg]
 
 
 def node_token_lists(ptr, lo, hi, delta, perm, sort_by_token: bool):
     """CSR lists (ptr [N+1], tokens, deltas) of each node's ranges, expanded through `perm`."""
     ptr = np.asarray(ptr, np.int64)
     lens = (np.asarray(hi, np.int64) - np.asarray(lo, np.int64))
-    pos = _expand(np.asarray(lo, np.int64), lens)
+    _, pos = expand_segments(np.asarray(lo, np.int64), lens)
     tok = np.asarray(perm)[pos].astype(np.int32)
     dl = np.repeat(np.asarray(delta, np.float32), lens)
     per_node = np.add.reduceat(np.append(lens, 0), ptr[:-1]) if len(lens) else np.zeros(len(ptr) - 1, np.int64)
@@ -54,3 +59,44 @@ def search_steps(ptr) -> int:
     """Binary-search steps that cover the longest list."""
     longest = int(np.diff(ptr).max(initial=0))
     return max(1, int(longest).bit_length())
+
+
+def merged_ranges(host):
+    """Per ranged node: its ranges and those of its whole chain, disjoint, strongest delta kept.
+    `host` holds the tables as numpy arrays (cull.compile.tables.TableArrays)."""
+    from cull.compile.build import merge_sorted_ranges
+
+    n = len(host.has_rng)
+    ptr, lo, hi, dl = host.rng_ptr, host.rng_lo, host.rng_hi, host.rng_delta
+    merged: dict[int, list] = {}
+    out_ptr = np.zeros(n + 1, np.int64)
+    out_lo, out_hi, out_d = [], [], []
+    for m in range(n):
+        if host.has_rng[m]:
+            own = list(zip(lo[ptr[m]:ptr[m + 1]].tolist(), hi[ptr[m]:ptr[m + 1]].tolist(),
+                           dl[ptr[m]:ptr[m + 1]].tolist()))
+            nxt = int(host.out_next[m])  # a failure-link ancestor: merged already (breadth-first order)
+            items = own + (merged[nxt] if nxt >= 0 else [])
+            items.sort()
+            pieces = merge_sorted_ranges([a for a, _, _ in items], [b for _, b, _ in items], [d for _, _, d in items])
+            merged[m] = pieces
+            out_lo.extend(a for a, _, _ in pieces)
+            out_hi.extend(b for _, b, _ in pieces)
+            out_d.extend(d for _, _, d in pieces)
+        out_ptr[m + 1] = len(out_lo)
+    return (out_ptr, np.asarray(out_lo, np.int64), np.asarray(out_hi, np.int64),
+            np.asarray(out_d, np.float32))
+
+
+def flat_lists(host, all_ban: bool, n_tokens: int) -> tuple:
+    """(lst_ptr, lst_tok, lst_delta, alw_bits, dense_always) as numpy arrays: each node's own tokens
+    (bans) or its chain's merged tokens sorted by id (biases), and the always-lists as a bitmask
+    where one is long enough to pay (else a [3, 1] placeholder)."""
+    if all_ban:
+        ptr, tok, dl = node_token_lists(host.rng_ptr, host.rng_lo, host.rng_hi, host.rng_delta, host.perm, False)
+    else:
+        mp, ml, mh, md = merged_ranges(host)
+        ptr, tok, dl = node_token_lists(mp, ml, mh, md, host.perm, True)
+    dense = all_ban and int(np.diff(host.alw_ptr).max(initial=0)) >= DENSE_ALWAYS_MIN
+    bits = always_bits(host.alw_ptr, host.alw_tok, n_tokens) if dense else np.zeros((3, 1), np.int32)
+    return ptr, tok, dl, bits, dense

@@ -4,26 +4,26 @@ A row's state is (node, cls): its trie node and the transducer state (the class 
 character, plus the bytes of a character split across tokens: cull/text/normalize.py packs both in one
 int, and states >= 3 are handled by cull/compile/pending.py). Text-mode matchers step a token's bytes
 through the transducer and the automaton; token-mode matchers (HF `bad_words_ids` style) step the
-token id itself.
+token id itself. The kernels read the tables through `device_tables` (cull/compile/tables.py).
 """
 from __future__ import annotations
 
-import functools
 import hashlib
 import json
-import math
 import os
 import threading
+from functools import cached_property
 from pathlib import Path
 
 import numpy as np
 
+from cull.compile.tables import DeviceTables, StepTables, TableArrays
 from cull.errors import CullError
 from cull.text.normalize import DEFAULT_FOLD, OTHER, transduce
 
-FORMAT_VERSION = 3
+FORMAT_VERSION = 4  # 4: no node_cls array
 ARRAYS = ("perm", "rng_ptr", "rng_lo", "rng_hi", "rng_delta", "has_rng", "out_next", "alw_ptr",
-          "alw_tok", "alw_delta", "fail", "node_cls", "node_out", "goto_key", "goto_val")
+          "alw_tok", "alw_delta", "fail", "node_out", "goto_key", "goto_val")
 
 
 class CompiledMatcher:
@@ -55,9 +55,11 @@ class CompiledMatcher:
             self.max_chain = _max_chain(self.tables["has_rng"], self.tables["out_next"])
             self.all_ban = bool(np.all(self.tables["rng_delta"] == -np.inf)
                                 and np.all(self.tables["alw_delta"] == -np.inf))
+        self.arrays = TableArrays.from_host(self.tables, self.max_chain)  # views: what the kernels read
         self._goto = None
         self._sym_cache: dict[tuple[int, int], tuple[bytes, int]] = {}
-        self._device_tables = {}
+        self._device_tables: dict[str, DeviceTables] = {}
+        self._step_tables: dict[str, StepTables] = {}
 
     # ---- stepping (host side) ----
     def initial_state(self) -> tuple[int, int]:
@@ -70,7 +72,8 @@ class CompiledMatcher:
             self._fail = self.tables["fail"].tolist()
         return self._goto
 
-    def _step(self, node: int, sym: int) -> int:
+    def step_symbol(self, node: int, sym: int) -> int:
+        """The automaton's transition: follow failure links until `sym` has an edge (or the root)."""
         goto, fail, radix = self.goto, self._fail, self.radix
         while True:
             child = goto.get(node * radix + sym)
@@ -83,7 +86,7 @@ class CompiledMatcher:
     def advance(self, state: tuple[int, int], token: int) -> tuple[int, int]:
         node, cls = state
         if self.mode == "tokens":
-            return (self._step(node, int(token)), cls)
+            return (self.step_symbol(node, int(token)), cls)
         if token < 0 or token >= self.n_tokens:
             return state
         key = (int(token), cls)
@@ -94,7 +97,7 @@ class CompiledMatcher:
             if len(self._sym_cache) < 65_536:  # bounded: a server holds hundreds of matchers
                 self._sym_cache[key] = hit
         for s in hit[0]:
-            node = self._step(node, s)
+            node = self.step_symbol(node, s)
         return (node, hit[1])
 
     def advance_many(self, state, tokens) -> tuple[int, int]:
@@ -104,13 +107,7 @@ class CompiledMatcher:
 
     # ---- the ban set of a state (plain reference; kernels/ has the fast paths) ----
     def chain(self, node: int) -> list[int]:
-        has, nxt = self.tables["has_rng"], self.tables["out_next"]
-        m = node if has[node] else int(nxt[node])
-        out = []
-        while m >= 0:
-            out.append(m)
-            m = int(nxt[m])
-        return out
+        return self.arrays.chain(node)
 
     def banned(self, state) -> dict[int, float]:
         """{token: delta} for every token that would complete a match from `state`."""
@@ -119,80 +116,53 @@ class CompiledMatcher:
             from cull.compile.pending import banned_from_pending
 
             return banned_from_pending(self, state)
-        T = self.tables
-        out: dict[int, float] = {}
-        a, b = int(T["alw_ptr"][cls]), int(T["alw_ptr"][cls + 1])
-        for t, d in zip(T["alw_tok"][a:b].tolist(), T["alw_delta"][a:b].tolist()):
-            out[t] = min(out.get(t, math.inf), d)
-        for m in self.chain(node):
-            for r in range(int(T["rng_ptr"][m]), int(T["rng_ptr"][m + 1])):
-                d = float(T["rng_delta"][r])
-                for t in T["perm"][T["rng_lo"][r]:T["rng_hi"][r]].tolist():
-                    out[t] = min(out.get(t, math.inf), d)
-        return out
+        return self.arrays.banned(node, cls)
 
-    # ---- device copies for the kernels ----
-    def device_tables(self, device):
-        import torch
-
+    # ---- what the kernels and the device path read ----
+    def device_tables(self, device) -> DeviceTables:
+        """The tables on `device` for the kernels, built once per device."""
         key = str(device)
-        if key not in self._device_tables:
-            T = self.tables
-            self._device_tables[key] = {
-                k: torch.from_numpy(np.ascontiguousarray(T[k])).to(device)
-                for k in ("perm", "rng_ptr", "rng_lo", "rng_hi", "rng_delta", "has_rng", "out_next",
-                          "alw_ptr", "alw_tok", "alw_delta")
-            }
-            alw_min = torch.full((3, self.n_tokens), float("inf"))
-            for c in range(3):
-                a, b = int(T["alw_ptr"][c]), int(T["alw_ptr"][c + 1])
-                alw_min[c, torch.from_numpy(T["alw_tok"][a:b].astype(np.int64))] = torch.from_numpy(T["alw_delta"][a:b])
-            self._device_tables[key]["alw_min"] = alw_min.to(device)  # dense copies for the torch backend
-            self._device_tables[key]["alw_ban"] = (alw_min == -float("inf")).to(device)
-            self._device_tables[key]["n_tok"] = self.n_tokens
-            self._device_tables[key]["max_alw"] = self._max_always()
-            # the Triton kernel's flat lists, built on first use (seconds for a large bias list). A
-            # partial over the tables, never a closure over self: a cycle would keep an evicted
-            # matcher alive in servers that freeze the garbage collector (vLLM does)
-            self._device_tables[key]["kernel_lists"] = functools.partial(
-                _kernel_lists, T, self.all_ban, self.n_tokens, device)
-            np_tables = {k: T[k] for k in ("perm", "rng_ptr", "rng_lo", "rng_hi", "rng_delta", "has_rng", "out_next")}
-            np_tables["max_chain"] = self.max_chain
-            self._device_tables[key]["alw_t"] = [  # sorted always-lists per class, for the CPU path
-                torch.from_numpy(np.sort(T["alw_tok"][T["alw_ptr"][c]:T["alw_ptr"][c + 1]]).astype(np.int64))
-                for c in range(3)]
-            self._device_tables[key]["np"] = np_tables
-            self._device_tables[key]["max_chain"] = self.max_chain
-            self._device_tables[key]["all_ban"] = self.all_ban
+        tables = self._device_tables.get(key)
+        if tables is None:
+            pending = None
             if self.mode == "text":
                 from cull.compile.pending import PendingRows
 
-                self._device_tables[key]["pending"] = PendingRows(self, device)
-        return self._device_tables[key]
+                pending = PendingRows(self, device)
+            tables = DeviceTables.build(self.arrays, device, n_tok=self.n_tokens, all_ban=self.all_ban,
+                                        pending=pending)
+            self._device_tables[key] = tables
+        return tables
 
-    @property
+    def step_tables(self, device) -> StepTables:
+        """What the Triton step kernel reads to advance row states on `device`, built once per device."""
+        key = str(device)
+        tables = self._step_tables.get(key)
+        if tables is None:
+            from cull.compile.step_tables import build_step_tables
+
+            tables = self._step_tables[key] = build_step_tables(self).to(device)
+        return tables
+
+    def device_nbytes(self) -> int:
+        """Bytes of the tensors built for the kernels so far, on every device (on a CPU some share
+        memory with `tables`)."""
+        return (sum(t.nbytes() for t in self._device_tables.values())
+                + sum(t.nbytes() for t in self._step_tables.values()))
+
+    @cached_property
     def pending_possible(self) -> bool:
         """Whether a row can stop inside a character (some token ends with an unfinished one)."""
-        if "_pending_possible" not in self.__dict__:
-            from cull.compile.pending import vocab_can_split_chars
+        from cull.compile.pending import vocab_can_split_chars
 
-            self._pending_possible = self.mode == "text" and vocab_can_split_chars(self.token_bytes)
-        return self._pending_possible
+        return self.mode == "text" and vocab_can_split_chars(self.token_bytes)
 
-    def _max_always(self) -> int:
-        """Length of the longest per-class always-list."""
-        return int(np.diff(self.tables["alw_ptr"]).max(initial=0))
+    @cached_property
+    def continuation(self):
+        """The per-state answers for rows inside a character (cull.compile.pending.ContinuationCache)."""
+        from cull.compile.pending import ContinuationCache
 
-    def _class_offsets(self) -> np.ndarray:
-        """Start of each class order inside `perm` (text mode: three orders; token mode: one)."""
-        T = self.tables
-        if self.mode == "tokens":
-            return np.array([0, len(T["perm"]), len(T["perm"]), len(T["perm"])])
-        return np.asarray(self.meta["perm_off"])
-
-    def merged_ranges(self):
-        """Per ranged node: its ranges and those of its whole chain, disjoint, strongest delta kept."""
-        return merged_ranges(self.tables)
+        return ContinuationCache(self.token_bytes)
 
     # ---- statistics and persistence ----
     def stats(self) -> dict:
@@ -205,8 +175,7 @@ class CompiledMatcher:
             "always_tokens": [int(T["alw_ptr"][c + 1] - T["alw_ptr"][c]) for c in range(len(T["alw_ptr"]) - 1)],
             "max_chain": self.max_chain,
             "table_mib": sum(v.nbytes for v in T.values()) / 2**20,
-            "device_mib": sum(T[k].nbytes for k in ("perm", "rng_ptr", "rng_lo", "rng_hi", "rng_delta",
-                                                     "has_rng", "out_next", "alw_ptr", "alw_tok", "alw_delta")) / 2**20,
+            "device_mib": self.arrays.nbytes() / 2**20,
         }
 
     def save(self, path) -> None:
@@ -237,52 +206,6 @@ class CompiledMatcher:
             raise CullError(f"cannot read compiled tables {str(path)!r}: {exc}. Delete the file to recompile") from None
         return cls(tables, token_bytes, mode=meta["mode"], fold=meta["fold"], radix=meta["radix"],
                    meta=meta)
-
-
-def merged_ranges(T):
-    """Per ranged node: its ranges and those of its whole chain, disjoint, strongest delta kept."""
-    from cull.compile.build import merge_sorted_ranges
-
-    n = len(T["has_rng"])
-    ptr, lo, hi, dl = T["rng_ptr"], T["rng_lo"], T["rng_hi"], T["rng_delta"]
-    merged: dict[int, list] = {}
-    out_ptr = np.zeros(n + 1, np.int64)
-    out_lo, out_hi, out_d = [], [], []
-    for m in range(n):
-        if T["has_rng"][m]:
-            own = list(zip(lo[ptr[m]:ptr[m + 1]].tolist(), hi[ptr[m]:ptr[m + 1]].tolist(),
-                           dl[ptr[m]:ptr[m + 1]].tolist()))
-            nxt = int(T["out_next"][m])
-            items = own + (merged[nxt] if nxt >= 0 else [])
-            items.sort()
-            pieces = merge_sorted_ranges([a for a, _, _ in items], [b for _, b, _ in items], [d for _, _, d in items])
-            merged[m] = pieces
-            out_lo.extend(a for a, _, _ in pieces)
-            out_hi.extend(b for _, b, _ in pieces)
-            out_d.extend(d for _, _, d in pieces)
-        out_ptr[m + 1] = len(out_lo)
-    return (out_ptr, np.asarray(out_lo, np.int64), np.asarray(out_hi, np.int64),
-            np.asarray(out_d, np.float32))
-
-
-def _kernel_lists(T, all_ban: bool, n_tokens: int, device) -> dict:
-    """Flat token lists for the Triton kernel (see cull/compile/kernel_lists.py): each node's own tokens
-    (bans) or its chain's merged tokens sorted by id (biases), and dense always-bitmasks."""
-    import torch
-
-    from cull.compile.kernel_lists import DENSE_ALWAYS_MIN, always_bits, node_token_lists, search_steps
-
-    if all_ban:
-        ptr, tok, dl = node_token_lists(T["rng_ptr"], T["rng_lo"], T["rng_hi"], T["rng_delta"], T["perm"], False)
-    else:
-        mp, ml, mh, md = merged_ranges(T)
-        ptr, tok, dl = node_token_lists(mp, ml, mh, md, T["perm"], True)
-    dense = all_ban and int(np.diff(T["alw_ptr"]).max(initial=0)) >= DENSE_ALWAYS_MIN
-    bits = always_bits(T["alw_ptr"], T["alw_tok"], n_tokens) if dense else np.zeros((3, 1), np.int32)
-    out = {"lst_ptr": ptr, "lst_tok": tok, "lst_delta": dl, "alw_bits": bits}
-    out = {k: torch.from_numpy(np.ascontiguousarray(v)).to(device) for k, v in out.items()}
-    out.update(dense_always=dense, alw_words=int(bits.shape[1]), search_steps=search_steps(ptr))
-    return out
 
 
 def _max_chain(has, nxt) -> int:

@@ -13,13 +13,15 @@ from there splits in two:
   and 180 on Qwen2's byte-level BPE) may finish the character: each is stepped exactly on the host,
   through the transducer and the automaton, and the kernel's answer for these tokens is undone.
 
-The answer per state is cached, so a decode step pays this only when a row is inside a character.
+The answer per state is cached (`ContinuationCache`, held by the matcher), so a decode step pays
+this only when a row is inside a character.
 """
 from __future__ import annotations
 
 import math
 import weakref
 from collections import OrderedDict
+from functools import cached_property
 
 import numpy as np
 import torch
@@ -39,6 +41,24 @@ def continuation_tokens(token_bytes) -> np.ndarray:
     return np.asarray([t for t, raw in enumerate(token_bytes) if raw and raw[0] & 0xC0 == 0x80], np.int64)
 
 
+class ContinuationCache:
+    """A matcher's continuation tokens and its answers per state, each bounded to CACHE_STATES
+    entries. It refers to the token bytes, never to the matcher (which holds it)."""
+
+    def __init__(self, token_bytes):
+        self.token_bytes = token_bytes
+        self.symbols: OrderedDict = OrderedDict()  # transducer state -> sorted [(symbols, token)]
+        self.deltas: OrderedDict = OrderedDict()   # (node, transducer state) -> {token: delta}
+
+    @cached_property
+    def ids(self) -> np.ndarray:
+        return continuation_tokens(self.token_bytes)
+
+    def clear(self) -> None:
+        self.symbols.clear()
+        self.deltas.clear()
+
+
 def token_delta(matcher, state, raw: bytes) -> float:
     """Strongest delta of a match whose last character `raw` writes, fed from `state` (inf: none).
     A match completed by a leading boundary ended in earlier text; the end of the text after the
@@ -50,22 +70,21 @@ def token_delta(matcher, state, raw: bytes) -> float:
     out = matcher.tables["node_out"]
     best = math.inf
     for k, s in enumerate(syms):
-        node = matcher._step(node, s)
+        node = matcher.step_symbol(node, s)
         if k or s != BOUNDARY:
             best = min(best, float(out[node]))
-    return min(best, float(out[matcher._step(node, BOUNDARY)]))
+    return min(best, float(out[matcher.step_symbol(node, BOUNDARY)]))
 
 
 def _symbols_from(matcher, code: int) -> list[tuple[bytes, int]]:
     """(symbols, token) of every continuation token fed from transducer state `code`, sorted by
     symbols so that shared prefixes are stepped once. Independent of the node: cached per code."""
-    cache = matcher.__dict__.setdefault("_pending_syms", OrderedDict())
+    cont = matcher.continuation
+    cache = cont.symbols
     hit = cache.get(code)
     if hit is None:
-        if "_cont_ids" not in matcher.__dict__:
-            matcher._cont_ids = continuation_tokens(matcher.token_bytes)
         tb, fold = matcher.token_bytes, matcher.fold
-        hit = sorted((transduce(tb[t], code, fold)[0], t) for t in matcher._cont_ids.tolist())
+        hit = sorted((transduce(tb[t], code, fold)[0], t) for t in cont.ids.tolist())
         cache[code] = hit
         if len(cache) > CACHE_STATES:
             cache.popitem(last=False)
@@ -75,14 +94,14 @@ def _symbols_from(matcher, code: int) -> list[tuple[bytes, int]]:
 def continuation_deltas(matcher, state) -> dict[int, float]:
     """{continuation token: delta} for the continuation tokens that `state` bans or biases: each
     token's `token_delta`, with the automaton walked once per shared symbol prefix."""
-    cache = matcher.__dict__.setdefault("_pending_cache", OrderedDict())
+    cache = matcher.continuation.deltas
     key = (int(state[0]), int(state[1]))
     hit = cache.get(key)
     if hit is not None:
         cache.move_to_end(key)
         return hit
     out_tab = matcher.tables["node_out"]
-    step = matcher._step
+    step = matcher.step_symbol
     out: dict[int, float] = {}
     prev = b""
     nodes, bests = [key[0]], [math.inf]  # automaton node and best delta after each prefix of `prev`
@@ -114,9 +133,7 @@ def continuation_deltas(matcher, state) -> dict[int, float]:
 def banned_from_pending(matcher, state) -> dict[int, float]:
     """The host reference's ban set (CompiledMatcher.banned) of a state inside a character."""
     base = matcher.banned((0, OTHER))
-    if "_cont_ids" not in matcher.__dict__:
-        matcher._cont_ids = continuation_tokens(matcher.token_bytes)
-    for t in matcher._cont_ids.tolist():
+    for t in matcher.continuation.ids.tolist():
         base.pop(t, None)
     base.update(continuation_deltas(matcher, state))
     return base
@@ -128,7 +145,7 @@ class PendingRows:
 
     def __init__(self, matcher, device):
         self._matcher = weakref.ref(matcher)  # the matcher holds this object: no reference cycle
-        self.cont = torch.from_numpy(continuation_tokens(matcher.token_bytes)).to(device)
+        self.cont = torch.from_numpy(matcher.continuation.ids).to(device)
 
     def apply(self, logits, nodes, classes, fn, tables):
         cls_list = classes.tolist()  # a few rows: faster than any vectorised check (about 1 µs)

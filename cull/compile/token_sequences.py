@@ -10,7 +10,7 @@ import math
 
 import numpy as np
 
-from cull.compile.automaton import Automaton
+from cull.compile.automaton import Automaton, output_links
 from cull.compile.matcher import CompiledMatcher
 from cull.errors import RuleError
 
@@ -71,10 +71,7 @@ def compile_token_rules(sequences: dict[tuple[int, ...], float], vocab_size: int
         delta.extend(d for _, d in items)
         rng_ptr[m + 1] = rng_ptr[m] + len(items)
     has = rng_ptr[1:] > rng_ptr[:-1]
-    out_next = np.full(n, -1, np.int32)
-    for k in range(1, n):
-        f = fail[k]
-        out_next[k] = f if has[f] else out_next[f]
+    out_next = output_links(fail, has)  # fail[k] < k: kept nodes stay in breadth-first order
     at = sorted(always.items())
     alw_tok = np.asarray([t for t, _ in at] * 3, np.int32)
     alw_delta = np.asarray([d for _, d in at] * 3, np.float32)
@@ -90,7 +87,6 @@ def compile_token_rules(sequences: dict[tuple[int, ...], float], vocab_size: int
         "alw_tok": alw_tok,
         "alw_delta": alw_delta,
         "fail": fail,
-        "node_cls": np.zeros(n, np.int8),
         "node_out": np.zeros(n, np.float32),
         "goto_key": np.asarray(goto_key, np.int64),
         "goto_val": np.asarray(goto_val, np.int32),

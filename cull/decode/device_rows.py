@@ -17,49 +17,7 @@ from collections import deque
 import numpy as np
 import torch
 
-from cull.text.normalize import BOUNDARY, transduce
-
 _P = 1_000_003
-
-
-def step_tables(matcher) -> dict:
-    """Symbol strings per (class, token), the hashed goto table and failure links, as numpy arrays."""
-    from cull.kernels.triton_step import HASH_MUL
-
-    T = matcher.tables
-    n_tok = matcher.n_tokens
-    token_mode = matcher.mode == "tokens"
-    if token_mode:
-        sym = np.zeros(1, np.uint8)
-        sym_off = np.zeros((3, n_tok + 1), np.int64)
-        cls_after = np.zeros((3, n_tok), np.int8)
-    else:
-        parts, offs = [], np.zeros((3, n_tok + 1), np.int64)
-        cls_after = np.zeros((3, n_tok), np.int8)
-        total = 0
-        for c in range(3):
-            for t, raw in enumerate(matcher.token_bytes):
-                s, after = transduce(raw, c, matcher.fold) if raw else (b"", c)
-                parts.append(s)
-                total += len(s)
-                offs[c, t + 1] = total
-                cls_after[c, t] = after
-        sym = np.frombuffer(b"".join(parts) or bytes([BOUNDARY]), dtype=np.uint8).copy()
-        sym_off = offs
-    keys = T["goto_key"].astype(np.int64)
-    size = 1 << max(4, int(2 * max(len(keys), 1) - 1).bit_length())
-    mask = size - 1
-    hkeys = np.full(size, -1, np.int64)
-    hvals = np.zeros(size, np.int32)
-    h0 = ((keys.astype(np.uint64) * np.uint64(HASH_MUL)) & np.uint64(mask)).astype(np.int64)
-    for key, val, h in zip(keys.tolist(), T["goto_val"].tolist(), h0.tolist()):
-        while hkeys[h] != -1:
-            h = (h + 1) & mask
-        hkeys[h] = key
-        hvals[h] = val
-    return {"sym": sym, "sym_off": sym_off, "cls_after": cls_after, "n_tok": n_tok, "hkeys": hkeys,
-            "hvals": hvals, "hmask": mask, "fail": T["fail"].astype(np.int32), "radix": matcher.radix,
-            "token_mode": token_mode}
 
 
 def row_hashes(ids: np.ndarray) -> np.ndarray:
@@ -88,12 +46,7 @@ class DeviceRowStates:
         self.matcher = matcher
         self.device = torch.device(device)
         self.include_prompt = include_prompt
-        cache = matcher.__dict__.setdefault("_step_tables", {})
-        if str(self.device) not in cache:
-            S = step_tables(matcher)
-            cache[str(self.device)] = {k: (torch.from_numpy(v).to(self.device) if isinstance(v, np.ndarray) else v)
-                                       for k, v in S.items()}
-        self.S = cache[str(self.device)]
+        self.step_tables = matcher.step_tables(self.device)  # built once per matcher and device
         self.powers = torch.ones(1, dtype=torch.int64, device=self.device)
         self.host_steps = 0  # calls resolved on the host (for tests and diagnostics)
         self.reset()
@@ -111,6 +64,11 @@ class DeviceRowStates:
             self.powers = torch.cat([p, p * (p[-1] * _P)])
         return self.powers
 
+    def scope(self, L: int) -> int:
+        """Where a row of length L that extends no row of the last call starts: it is a new
+        generation, all of its tokens prompt (or none, with include_prompt)."""
+        return 0 if self.include_prompt else L
+
     def is_ordinary(self, input_ids: torch.Tensor) -> bool:
         """True when this call runs on the device alone (decided from shapes, without a sync)."""
         B, L = input_ids.shape
@@ -126,10 +84,9 @@ class DeviceRowStates:
             ids = ids.contiguous()
         B, L = ids.shape
         fresh = self.prev is None
-        scope = 0 if self.include_prompt else L  # a row that extends no row of the last call is new
         new = tuple(torch.empty(B, dtype=torch.int64, device=self.device) for _ in range(3))
         prev = new if fresh else self.prev
-        step_triton(scores, ids, self.powers_for(L), prev, new, scope, fresh, self.S, tables,
+        step_triton(scores, ids, self.powers_for(L), prev, new, self.scope(L), fresh, self.step_tables, tables,
                     apply=scores is not None)
         self._remember(B, L, new)
         return new[1], new[2]

@@ -20,12 +20,7 @@ PERSIST_MIN_PHRASES = 1000  # inline lists this large go to the disk cache too (
 
 def matcher_mib(matcher) -> float:
     """Host tables plus, once built, the device copies the kernels read."""
-    total = sum(v.nbytes for v in matcher.tables.values())
-    for tables in matcher._device_tables.values():
-        for v in tables.values():
-            if hasattr(v, "element_size") and hasattr(v, "numel"):
-                total += v.element_size() * v.numel()
-    return total / 2**20
+    return (sum(v.nbytes for v in matcher.tables.values()) + matcher.device_nbytes()) / 2**20
 
 
 class MatcherCache:
@@ -67,9 +62,7 @@ class MatcherCache:
         m = compile_rules(rules, self.vocab, cache=persist)
         tables = m.device_tables(self.device)  # built now, so that the bound counts them
         if str(self.device).startswith("cuda"):  # and the Triton kernel's lists
-            from cull.kernels.triton_backend import with_lists
-
-            with_lists(tables)
+            tables.kernel_lists  # a cached property: reading it builds the lists
         mib = matcher_mib(m)
         if not m.meta.get("from_cache"):
             METRICS.compiled(len(rules), time.perf_counter() - t0, mib, source)
