@@ -53,7 +53,7 @@ class Options:
     >>> import cull
     >>> rules = cull.PhraseSet(["cafe"], ignore_accents=True)
     >>> rules.options
-    Options(whole_words=True, ignore_case=True, fold_quotes=True, ignore_accents=True)
+    Options(whole_words=True, ignore_case=True, fold_quotes=True, ignore_accents=True, confusables=False)
     >>> [m.span() for m in cull.find("Un CAFÉ, s'il vous plaît", rules)]
     [(3, 7)]
     >>> cull.find("Un café", ["cafe"])      # by default the accent continues the word: no match
