@@ -9,7 +9,7 @@ import json
 import time
 from pathlib import Path
 
-from cull.resources import PACKAGE_DATA, data_dir
+from cull.resources import PACKAGE_DATA
 from cull.cli.common import (add_model_options, add_output_options, check_backend, consoles, positive_int,
                              quiet_transformers)
 from cull.errors import CullError, require
@@ -17,15 +17,13 @@ from cull.rules.find import find
 from cull.measure.models import load_model, resolve_model
 from cull.rules import PhraseSet
 
-ANTISLOP_517 = ("phrases", "antislop", "slop_phrase_prob_adjustments.json")
+SHIPPED_LIST = PACKAGE_DATA / "slop_phrases.txt"
 
 
 def default_phrases() -> tuple[Path, str]:
-    """(path, description) of the demo's phrase list: antislop's 517, else the built-in list."""
-    antislop = data_dir().joinpath(*ANTISLOP_517)
-    if antislop.is_file():
-        return antislop, "antislop's default list"
-    return PACKAGE_DATA / "slop_phrases.txt", "cull's small built-in list"
+    """(path, description) of the default phrase list: the one shipped with cull, so the demo and
+    `cull scan` give the same result on every machine (how it is built: docs/demo_list.md)."""
+    return SHIPPED_LIST, "cull's shipped list"
 
 
 def demo_prompts() -> list[str]:
@@ -51,13 +49,7 @@ def run_demo(*, model=None, phrases=None, max_new_tokens: int = 120, n_prompts: 
         raise CullError(f"--max-new-tokens must be at least 1, got {max_new_tokens}")
     prompts = prompts[:n_prompts]
 
-    if phrases is None:
-        phrases_path, what = default_phrases()
-        if what.startswith("cull's"):
-            err.print(f"[yellow]note:[/] antislop's list is not at {data_dir().joinpath(*ANTISLOP_517)} "
-                      f"(set CULL_DATA_DIR); using {what} instead")
-    else:
-        phrases_path, what = Path(phrases), "your list"
+    phrases_path, what = default_phrases() if phrases is None else (Path(phrases), "your list")
     rules = PhraseSet.load(phrases_path, action="ban")
     err.print(f"Phrases: {len(rules)} from {what} ({phrases_path}), all hard-banned")
 
@@ -243,10 +235,10 @@ def cmd_demo(args) -> int:
 
 def add_parser(sub) -> None:
     p = sub.add_parser("demo", help="show a model's output without and with cull, side by side",
-                       description="Answer a few writing prompts twice, without and with antislop's "
-                                   "517-phrase list hard-banned, and compare.")
+                       description="Answer a few writing prompts twice, without and with cull's shipped "
+                                   "list of over-used LLM phrases hard-banned, and compare.")
     add_model_options(p)
-    p.add_argument("--phrases", default=None, metavar="FILE", help="phrase file (default: antislop's 517)")
+    p.add_argument("--phrases", default=None, metavar="FILE", help="phrase file (default: cull's shipped list)")
     p.add_argument("--max-new-tokens", type=positive_int("--max-new-tokens"), default=120, metavar="N",
                    help="new tokens per answer (default: 120)")
     p.add_argument("--prompts", type=positive_int("--prompts"), default=3, metavar="N", help="how many prompts (1-6)")
