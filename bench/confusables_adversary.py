@@ -1,6 +1,6 @@
 """How many look-alike disguises get through the processor, without and with the confusables option.
 
-The adversary of tests/test_confusables.py (a fake model steering toward a phrase spelled with
+The adversary of tests/text/test_confusables.py (a fake model steering toward a phrase spelled with
 look-alikes from Unicode's confusables.txt, on top of the plain adversary's disguises) runs N
 generations per tokenizer with the processor built without and with `confusables=True`; the judge
 is the test's independent one. Needs the test data (CULL_DATA_DIR) and the tests folder.

@@ -21,7 +21,7 @@ phases="${*:-all}"
 status=0
 want() { [[ " $phases " == *" all "* || " $phases " == *" $1 "* ]]; }
 if want tests; then
-  python -m pytest tests/test_gpu.py -m gpu -q -p no:cacheprovider -x 2>&1 | tee "$OUT/gpu-tests.log"
+  python -m pytest tests/kernels/test_gpu.py -m gpu -q -p no:cacheprovider -x 2>&1 | tee "$OUT/gpu-tests.log"
   status=${PIPESTATUS[0]}
   echo "gpu tests exit code: $status"
 fi

@@ -170,3 +170,11 @@ def test_the_checker_sees_violations(tmp_path):
     assert ("cull.cli.main", ["_private"], 2) in got
     assert ("cull.decode.processor", [], 3) in got
     assert layer_of("cull.cli.main") > layer_of("cull.compile.m")
+
+
+def test_tests_mirror_the_folders():
+    """tests/<layer>/ holds the tests of cull/<layer>/ (tests/vllm: the engine tests, in their own venv)."""
+    layers = {p.name for p in (ROOT / "cull").iterdir() if (p / "__init__.py").is_file()} | {"kernels"}
+    folders = {p.name for p in (ROOT / "tests").iterdir() if p.is_dir() and not p.name.startswith((".", "__"))}
+    assert folders - {"vllm"} <= layers, f"test folders without a layer: {sorted(folders - layers - {'vllm'})}"
+    assert len(folders) >= 8

@@ -7,7 +7,7 @@ cull/data/unicode_properties.json, generated from the `regex` package's Unicode 
 
     python -m cull.text.unicode_tables            # rewrite the file (needs `regex`)
 
-`import cull` then needs no extra package; tests/test_unicode.py checks the file against `regex`.
+`import cull` then needs no extra package; tests/text/test_unicode.py checks the file against `regex`.
 """
 from __future__ import annotations
 

@@ -17,7 +17,7 @@ import pytest
 
 from cull.compile.vocab import TokenVocab, VocabError, vocab_from_token_bytes, vocab_from_tokenizer
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 LLAMACPP = ("tokenizers", "llamacpp-vocab-tests")
 
 

@@ -15,7 +15,7 @@ from cull.compile.cache import prune_cache
 from cull.compile.vocab import vocab_from_token_bytes
 
 TOKENS = [t.encode() for t in ["a", "b", "c", "d", " ", "ab", "cd", " a", " b", " c", "abc", "dd"]]
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 
 
 def _files(folder):

@@ -8,7 +8,7 @@ import torch
 
 from conftest import need_data
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 from bench.finetune_quant import BLOCK, q4_0, q4_0_reference  # noqa: E402
 
 pytestmark = pytest.mark.usefixtures("one_thread")

@@ -425,7 +425,7 @@ def test_bench_quick(tmp_path):
     from pathlib import Path
 
     need_data("models", "stories260K")
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+    sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
     from bench.finetune_bench import main
 
     out = main(["--quick", "--out-dir", str(tmp_path), "--work-dir", str(tmp_path / "work"),
@@ -442,7 +442,7 @@ def test_sweep_quick(tmp_path):
     from pathlib import Path
 
     need_data("models", "stories260K")
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+    sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
     from bench.finetune_sweep import main
 
     out = main(["--quick", "--out-dir", str(tmp_path), "--work-dir", str(tmp_path / "work"), "--kl", "1",
