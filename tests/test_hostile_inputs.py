@@ -95,6 +95,15 @@ def test_scan_deep_json(tmp_path, corpus):
     assert_clear_error(res, "deep.json", "nested 200000 levels")
 
 
+@pytest.mark.parametrize("name, body", [("open.json", '["' + '\\"' * 500_000),
+                                        ("open.yaml", "- '" + "''" * 500_000)])
+def test_scan_string_that_never_closes(tmp_path, corpus, name, body):
+    """A quoted string that never ends is read in linear time (it was a rescan from every quote)."""
+    (tmp_path / name).write_text(body)
+    res = run_cli("scan", "--phrases", tmp_path / name, corpus)
+    assert_clear_error(res, name, "malformed")
+
+
 def test_scan_deep_yaml(tmp_path, corpus):
     deep = tmp_path / "deep.yaml"
     deep.write_text("phrases: " + "[" * 100_000 + "]" * 100_000 + "\n")

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import argparse
+import math
 import os
 import sys
 
@@ -160,6 +161,32 @@ def positive_int(name):
     return parse
 
 
+MAX_SEED = 2**63 - 1  # torch.manual_seed takes a 64-bit integer
+
+
+def seed_value(s: str) -> int:
+    """A --seed: a whole number from 0 to 2**63 - 1."""
+    try:
+        v = int(s)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"--seed must be a whole number, got {s!r}") from None
+    if not 0 <= v <= MAX_SEED:
+        raise argparse.ArgumentTypeError(f"--seed must be between 0 and {MAX_SEED}, got {s[:30]}")
+    return v
+
+
+def temperature_value(s: str) -> float:
+    """A --temperature: a finite number above 0 (greedy decoding has its own flag)."""
+    try:
+        v = float(s)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"--temperature must be a number, got {s!r}") from None
+    if not (v > 0 and math.isfinite(v)):
+        raise argparse.ArgumentTypeError(f"--temperature must be above 0 and finite, got {s} (greedy decoding: "
+                                         "--greedy where the command has it)")
+    return v
+
+
 def add_model_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--model", default=None, metavar="PATH",
                    help="HF model folder or .gguf file (default: SmolLM2-135M-Instruct, no hub needed)")
@@ -195,8 +222,8 @@ def add_sampling_options(p, prompts_default: str):
                       help="send prompts as raw text (an empty prompt is BOS only)")
     p.add_argument("--max-new-tokens", type=positive_int("--max-new-tokens"), default=128, metavar="N",
                    help="new tokens per generation at most")
-    p.add_argument("--temperature", type=float, default=0.8, metavar="T", help="sampling temperature")
-    p.add_argument("--seed", type=int, default=0, metavar="N", help="random seed: the same seed gives the same samples")
+    p.add_argument("--temperature", type=temperature_value, default=0.8, metavar="T", help="sampling temperature")
+    p.add_argument("--seed", type=seed_value, default=0, metavar="N", help="random seed: the same seed gives the same samples")
     p.add_argument("--threads", type=positive_int("--threads"), default=None, metavar="N",
                    help="CPU threads for torch (default: the idle cores)")
     add_output_options(p)

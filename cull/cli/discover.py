@@ -4,7 +4,8 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from cull.cli.common import add_output_options, load_model_for, positive_int, progress_wanted
+from cull.cli.common import (add_output_options, load_model_for, positive_int, progress_wanted, seed_value,
+                             temperature_value)
 
 DESCRIPTION = ("Sample a model on writing prompts with no processor, then list the known slop phrases it writes "
                "and the word n-grams that recur across its generations: a phrase file for --phrases.")
@@ -22,12 +23,12 @@ def add_parser(subparsers):
     p.add_argument("--n-samples", type=positive_int("--n-samples"), default=2, metavar="N", help="samples per prompt")
     p.add_argument("--max-new-tokens", type=positive_int("--max-new-tokens"), default=128, metavar="N",
                    help="new tokens per sample at most")
-    p.add_argument("--temperature", type=float, default=0.8, metavar="T", help="sampling temperature")
+    p.add_argument("--temperature", type=temperature_value, default=0.8, metavar="T", help="sampling temperature")
     p.add_argument("--top", type=positive_int("--top"), default=30, metavar="N", help="phrases to keep")
     p.add_argument("--min-count", type=positive_int("--min-count"), default=2, metavar="N",
                    help="fewest hits to keep a phrase")
     p.add_argument("--max-prompts", type=int, default=0, metavar="N", help="use only the first N prompts (0: all)")
-    p.add_argument("--seed", type=int, default=0, metavar="N", help="random seed: the same seed gives the same samples")
+    p.add_argument("--seed", type=seed_value, default=0, metavar="N", help="random seed: the same seed gives the same samples")
     p.add_argument("--batch-size", type=positive_int("--batch-size"), default=16, metavar="N",
                    help="generations run together")
     p.add_argument("--threads", type=positive_int("--threads"), default=None, metavar="N",

@@ -6,7 +6,7 @@ import sys
 import time
 
 from cull.cli.common import (UsageError, add_model_options, add_output_options, add_phrase_options, check_backend,
-                             consoles, load_rules, positive_int, quiet_transformers)
+                             consoles, load_rules, positive_int, quiet_transformers, seed_value, temperature_value)
 
 TEMPERATURE, TOP_P, SEED = 0.7, 0.9, 0
 
@@ -150,12 +150,12 @@ def add_parser(sub) -> None:
                    help="new tokens at most")
     s = p.add_argument_group("decoding")
     s.add_argument("--greedy", action="store_true", help="greedy decoding: always the most likely token")
-    s.add_argument("--temperature", type=float, default=None, metavar="T",
+    s.add_argument("--temperature", type=temperature_value, default=None, metavar="T",
                    help=f"sampling temperature (default: {TEMPERATURE})")
     s.add_argument("--top-p", type=_top_p, default=None, metavar="P",
                    help=f"sample from the smallest set of tokens holding P of the probability; 1 for all "
                         f"(default: {TOP_P})")
-    s.add_argument("--seed", type=int, default=None, metavar="N",
+    s.add_argument("--seed", type=seed_value, default=None, metavar="N",
                    help=f"random seed: the same seed gives the same text (default: {SEED})")
     p.add_argument("--include-prompt", action="store_true",
                    help="also catch phrases that start in the prompt")

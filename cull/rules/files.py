@@ -20,8 +20,10 @@ from cull.rules.rule import BAN, BIAS, Rule, make_rule, multiplier_to_delta
 
 MAX_RULE_FILE_BYTES = 64 * 2**20
 MAX_NESTING = 32  # a rule file needs 3 levels ({"phrases": [["phrase", 0.5]]})
-_JSON_STRING = re.compile(r'"(?:[^"\\]|\\.)*"', re.S)
-_YAML_QUOTED = re.compile(r'"(?:[^"\\]|\\.)*"|\'(?:[^\']|\'\')*\'', re.S)
+# an unterminated string runs to the end of the text, so a string that never closes is one linear
+# match instead of a rescan from every later quote (quadratic on '["' + '\\"' * n)
+_JSON_STRING = re.compile(r'"(?:[^"\\]|\\.)*(?:"|\Z)', re.S)
+_YAML_QUOTED = re.compile(r'"(?:[^"\\]|\\.)*(?:"|\Z)|\'(?:[^\']|\'\')*(?:\'|\Z)', re.S)
 
 
 def max_rule_file_bytes() -> int:

@@ -285,8 +285,13 @@ def test_generate_samples_by_default_and_the_seed_repeats_it(capsys):
     assert out == greedy and "greedy" in err and "seed" not in err
     rc, _, err = run(capsys, *argv, "--greedy", "--seed", "3")
     assert_one_line_error(rc, err, "--seed goes with sampling", "--greedy")
-    rc, _, err = run(capsys, *argv, "--temperature", "0")
-    assert_one_line_error(rc, err, "--temperature must be above 0", "--greedy")
+    for bad, words in ((("--temperature", "0"), ("--temperature must be above 0", "--greedy")),
+                       (("--temperature", "inf"), ("--temperature", "finite")),
+                       (("--seed", "99999999999999999999999"), ("--seed", "between 0")),
+                       (("--seed", "-1"), ("--seed", "between 0"))):
+        with pytest.raises(SystemExit) as exc:  # refused while parsing, before the model loads
+            main([*argv, *bad])
+        assert_one_line_error(exc.value.code, capsys.readouterr().err, *words)
     with pytest.raises(SystemExit) as exc:
         main([*argv, "--top-p", "1.5"])
     assert exc.value.code == 2 and "--top-p must be above 0 and at most 1, got 1.5" in capsys.readouterr().err
