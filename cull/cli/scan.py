@@ -5,7 +5,7 @@ import json
 import os
 import sys
 
-from cull.cli.common import add_output_options, add_phrase_options, consoles, load_rules, positive_int
+from cull.cli.common import add_output_options, add_phrase_options, consoles, load_rules, positive_int, print_error
 
 CONTEXT = 60  # characters of the line shown on each side of a match in a long line
 
@@ -27,7 +27,13 @@ def cmd_scan(args) -> int:
         err.print(f"Phrases: {len(rules)} from {default_phrases()[0]} (pass --phrases FILE to choose)")
     listing = not (args.count or args.json)
     print_hit = _hit_printer(sys.stdout, color=sys.stdout.isatty() and not os.environ.get("NO_COLOR"))
-    options = dict(per_line=args.per_line, field_name=args.field)
+    unreadable = []
+
+    def skip(path, exc):  # like grep: say so, go on, and exit 2 at the end
+        unreadable.append(path)
+        print_error(f"{exc} (skipped)")
+
+    options = dict(per_line=args.per_line, field_name=args.field, on_error=skip)
     if listing:  # the matches stream as they are found: no spinner between them
         report = scan_files(args.files, rules, on_hit=print_hit, **options)
     else:
@@ -39,10 +45,10 @@ def cmd_scan(args) -> int:
         err.print(f"{report.hits:,} match{'es' * (report.hits != 1)} in {files} "
                   f"({report.hits_per_1k_words:.3f} per 1,000 words); --count for the counts per phrase",
                   highlight=False, soft_wrap=True)
-        return 0
+        return 2 if unreadable else 0
     if args.json:
         out.print_json(json.dumps(report.to_dict()))
-        return 0
+        return 2 if unreadable else 0
     from rich.table import Table
 
     out.print(f"{report.hits:,} hits in {report.documents:,} document{'s' * (report.documents != 1)} "
@@ -59,7 +65,7 @@ def cmd_scan(args) -> int:
     t.add_row("[bold]total[/]", f"[bold]{report.hits:,}[/]", f"[bold]{report.hits_per_1k_words:.3f}[/]",
               end_section=True)
     out.print(t)
-    return 0
+    return 2 if unreadable else 0
 
 
 def _hit_printer(stream, color: bool):

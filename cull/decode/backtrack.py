@@ -93,7 +93,7 @@ def generate_backtracking(model, tokenizer, prompt_ids, rules, *, max_new_tokens
     if max_new_tokens < 1 or max_backtracks < 0:
         raise CullError("max_new_tokens must be at least 1 and max_backtracks at least 0")
     if do_sample and not 0 < temperature < float("inf"):
-        raise CullError(f"temperature must be > 0 when sampling, got {temperature}")
+        raise CullError(f"temperature must be above 0 and finite when sampling, got {temperature}")
     vocab = as_vocab(tokenizer, vocab_size or model.get_output_embeddings().weight.shape[0])
     phrases = rules.with_rules(rules.phrase_rules)
     matcher = compile_rules(phrases, vocab) if phrases.rules else None  # for the hold-back point

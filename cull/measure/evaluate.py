@@ -116,7 +116,7 @@ def generate(model, tok, prompts: list[str], *, n_samples: int = 1, do_sample: b
         raise CullError(f"max_new_tokens, n_samples and batch_size must be at least 1, got "
                         f"{max_new_tokens}, {n_samples}, {batch_size}")
     if do_sample and not 0 < temperature < float("inf"):
-        raise CullError(f"temperature must be > 0 when sampling, got {temperature}")
+        raise CullError(f"temperature must be above 0 and finite when sampling, got {temperature}")
     jobs = [(i, prompt_ids(tok, p, chat)) for i, p in enumerate(prompts) for _ in range(n_samples)]
     special = set(getattr(tok, "all_special_ids", []) or [])
     eos = set(eos_ids(tok, model))

@@ -140,7 +140,7 @@ def generate_text(model, tok, prompt: str, processor=None, *, max_new_tokens: in
     if max_new_tokens < 1:
         raise CullError(f"max_new_tokens must be at least 1, got {max_new_tokens}")
     if do_sample and not 0 < temperature < float("inf"):
-        raise CullError(f"temperature must be > 0 when sampling, got {temperature}")
+        raise CullError(f"temperature must be above 0 and finite when sampling, got {temperature}")
     input_ids = build_prompt_ids(tok, prompt, chat=chat, system=system).to(model.device)
     procs = [] if processor is None else list(processor) if isinstance(processor, (list, tuple)) else [processor]
     timers = [TimedProcessor(p) for p in procs] if time_processor else procs

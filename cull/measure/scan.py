@@ -17,6 +17,7 @@ from typing import Callable, Iterable, Iterator
 
 from cull.errors import CullError
 from cull.rules.find import Match, find
+from cull.rules.regex_match import RegexTimeoutError
 from cull.text.normalize import FOLD_CASE, FOLD_CONFUSABLES, fold_char
 from cull.rules import PhraseSet, Rule
 
@@ -215,9 +216,12 @@ def locate(path: Path, first_line: int, text: str, matches: list[Match], jsonl: 
 
 def scan_files(paths: Iterable, rules: PhraseSet, *, per_line: bool = False, field_name: str = "text",
                match_fn: MatchFn | None = None, progress: Callable[[Path], None] | None = None,
-               on_hit: Callable[[Hit], None] | None = None) -> ScanReport:
+               on_hit: Callable[[Hit], None] | None = None,
+               on_error: Callable[[Path, CullError], None] | None = None) -> ScanReport:
     """Count the matches of `rules` in files (.txt: one document per file or per line; .jsonl: the
-    `field_name` string of each line); `on_hit` sees each match as it is found."""
+    `field_name` string of each line); `on_hit` sees each match as it is found. A file that cannot be
+    read (not UTF-8, a bad .jsonl record) raises, or, with `on_error`, is reported there and the scan
+    goes on (what it held before the bad line stays counted)."""
     match_fn = match_fn or prefiltered(find)
     report = ScanReport()
     for path in expand_paths(paths):
@@ -225,9 +229,14 @@ def scan_files(paths: Iterable, rules: PhraseSet, *, per_line: bool = False, fie
             progress(path)
         report.files += 1
         jsonl = path.suffix.lower() in JSONL_SUFFIXES
-        for first_line, text in numbered_documents(path, per_line, field_name):
-            matches = _scan_document(text, rules, match_fn, report)
-            if on_hit is not None and matches:
-                for hit in locate(path, first_line, text, matches, jsonl):
-                    on_hit(hit)
+        try:
+            for first_line, text in numbered_documents(path, per_line, field_name):
+                matches = _scan_document(text, rules, match_fn, report)
+                if on_hit is not None and matches:
+                    for hit in locate(path, first_line, text, matches, jsonl):
+                        on_hit(hit)
+        except CullError as exc:
+            if on_error is None or isinstance(exc, RegexTimeoutError):  # a rule's fault ends the scan
+                raise
+            on_error(path, exc)
     return report

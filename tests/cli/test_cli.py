@@ -215,8 +215,16 @@ def test_scan_highlights_matches_on_a_terminal(capsys, monkeypatch, tmp_path):
 def test_scan_jsonl_field_errors(capsys, scan_files):
     d = scan_files
     (d / "c.jsonl").write_text('{"body": "delve"}\n')
-    rc, _, err = run(capsys, "scan", str(d / "c.jsonl"), "--phrases", str(d / "p.txt"))
-    assert_one_line_error(rc, err, "line 1", "'text'", "--field")
+    (d / "later.txt").write_text("they delve")
+    (d / "bin.txt").write_bytes(b"delve \x8d")
+    rc, out, err = run(capsys, "scan", str(d / "c.jsonl"), str(d / "bin.txt"), str(d / "later.txt"),
+                       "--phrases", str(d / "p.txt"), "--json")
+    assert rc == 2  # like grep: an unreadable file is reported and skipped, the others are scanned
+    lines = err.splitlines()
+    assert len(lines) == 2 and all(line.startswith("error: ") and "(skipped)" in line for line in lines), err
+    assert "line 1" in lines[0] and "'text'" in lines[0] and "--field" in lines[0]
+    assert "UTF-8" in lines[1]
+    assert json.loads(out)["hits"] == 1 and json.loads(out)["files"] == 3
     rc, out, err = run(capsys, "scan", str(d / "c.jsonl"), "--phrases", str(d / "p.txt"), "--field", "body", "--json")
     assert rc == 0 and json.loads(out)["hits"] == 1
 
