@@ -131,8 +131,8 @@ def expand_regex_rules(rules) -> list[Rule]:
             raise RuleError(
                 f"regex rule {r.text!r} ({r.source}) cannot be enforced by the logits processor: only a "
                 "finite set of literals (like 're:colou?r|hue' or 're:\\bcolou?r\\b') becomes phrases, "
-                "without whitespace at either end. Use cull's backtracking generator or `cull scan` for "
-                "general regexes, or write the phrases out"
+                "without whitespace at either end. Use the backtracking generator (`cull generate --backtrack`) "
+                "or `cull scan` for general regexes, or write the phrases out"
             )
         out.extend(phrases)
     return out
