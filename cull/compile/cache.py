@@ -111,9 +111,19 @@ def compile_rules(
         try:
             matcher.save(path)
             prune_cache(path.parent, keep=path)
-        except OSError:
-            pass  # a read-only home is not an error; we just recompile next time
+        except OSError as exc:  # a read-only home is not an error; we recompile next time, and say so once
+            _warn_unwritable(path.parent, exc)
     return matcher
+
+
+_WARNED: set[str] = set()
+
+
+def _warn_unwritable(folder: Path, exc: OSError) -> None:
+    if str(folder) not in _WARNED:
+        _WARNED.add(str(folder))
+        print(f"cull: warning: cannot write the compile cache in {folder} ({exc.strerror or exc}); every run "
+              "recompiles. Set CULL_CACHE_DIR to a writable folder, or pass cache=False", file=sys.stderr)
 
 
 def _load_checked(path: Path, vocab: TokenVocab, fingerprint: str):

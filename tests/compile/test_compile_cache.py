@@ -167,3 +167,14 @@ def test_a_file_larger_than_the_bound_is_dropped_alone(tmp_path):
     (tmp_path / "big.npz").write_bytes(b"0" * 5000)
     assert prune_cache(tmp_path, limit_bytes=1000, keep=tmp_path / "big.npz") == 1
     assert (tmp_path / "old.npz").exists() and not (tmp_path / "big.npz").exists()
+
+
+def test_an_unwritable_cache_is_said_once(tmp_path, monkeypatch, capsys):
+    blocker = tmp_path / "a-file"
+    blocker.write_text("")
+    monkeypatch.setenv("CULL_CACHE_DIR", str(blocker / "cache"))  # under a file: cannot be created
+    vocab = vocab_from_token_bytes([b" delve", b"d", b"elve"])
+    for phrase in ("delve", "delves"):
+        assert cull.compile_rules([phrase], vocab).meta["from_cache"] is False
+    err = capsys.readouterr().err
+    assert err.count("cannot write the compile cache") == 1 and "CULL_CACHE_DIR" in err
