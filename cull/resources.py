@@ -55,3 +55,18 @@ def cache_dir() -> Path:
     xdg = os.environ.get("XDG_CACHE_HOME")
     base = Path(xdg).expanduser() if xdg and Path(xdg).expanduser().is_absolute() else Path.home() / ".cache"
     return base / "cull"
+
+
+def positive_setting(name: str, default: float, unit: str, error=ValueError) -> float:
+    """An operator's numeric environment setting (e.g. CULL_REGEX_TIMEOUT_S): `default` when unset,
+    else a positive number, or `error` saying what to write."""
+    raw = os.environ.get(name)
+    if raw is None:
+        return default
+    try:
+        value = float(raw)
+    except ValueError:
+        value = -1.0
+    if not value > 0:
+        raise error(f"{name} must be a positive number of {unit}, got {raw!r}")
+    return value

@@ -5,11 +5,18 @@ missing, tests skip with the reason, unless ``CULL_REQUIRE_DATA=1`` (CI), where 
 """
 
 import os
+import sys
 from pathlib import Path
 
 import pytest
 
 REPO = Path(__file__).resolve().parents[1]
+
+# tests/<layer>/ mirror the package; a few test modules reuse another folder's helpers (the adversary,
+# the matcher's history check), so every test folder is importable whichever file runs alone
+for _folder in sorted(Path(__file__).parent.iterdir()):
+    if _folder.is_dir() and _folder.name not in ("vllm", "__pycache__") and str(_folder) not in sys.path:
+        sys.path.append(str(_folder))
 
 # The vLLM tests need the real engine, which lives in its own venv (tests/vllm/run.sh makes it and
 # sets CULL_VLLM_TESTS=1); the main venv does not collect them, rather than skipping them.

@@ -98,6 +98,24 @@ def build(rng: random.Random, n_vocab: int, n_rules: int, bias: bool, split_char
     return vocab, token_bytes, special, rules, matcher
 
 
+def steer(vocab: list[str], target: str, choices) -> list[int]:
+    """Token ids that spell `target` (skipping what no token spells), taking at each position the
+    `choices`' next value modulo the tokens that fit there: a hypothesis-drawn tokenisation."""
+    index = {t: i for i, t in enumerate(vocab)}
+    hist, pos = [], 0
+    for k in choices:
+        if pos >= len(target):
+            break
+        cands = [target[pos:pos + n] for n in (1, 2, 3, 4) if target[pos:pos + n] in index]
+        if not cands:
+            pos += 1
+            continue
+        piece = cands[k % len(cands)]
+        hist.append(index[piece])
+        pos += len(piece)
+    return hist
+
+
 def random_states(matcher, n_tokens, B, rng):
     states = []
     for _ in range(B):

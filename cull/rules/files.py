@@ -10,11 +10,11 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import re
 from pathlib import Path
 
 from cull.errors import RuleError, require
+from cull.resources import positive_setting
 from cull.rules.rule import BAN, BIAS, Rule, make_rule, multiplier_to_delta
 
 
@@ -27,16 +27,8 @@ _YAML_QUOTED = re.compile(r'"(?:[^"\\]|\\.)*(?:"|\Z)|\'(?:[^\']|\'\')*(?:\'|\Z)'
 
 
 def max_rule_file_bytes() -> int:
-    raw = os.environ.get("CULL_MAX_RULE_FILE_MB")
-    if raw is None:
-        return MAX_RULE_FILE_BYTES
-    try:
-        mb = float(raw)
-    except ValueError:
-        mb = -1.0
-    if not mb > 0:
-        raise RuleError(f"CULL_MAX_RULE_FILE_MB must be a positive number of MiB, got {raw!r}")
-    return int(mb * 2**20)
+    mib = positive_setting("CULL_MAX_RULE_FILE_MB", MAX_RULE_FILE_BYTES / 2**20, "MiB", RuleError)
+    return int(mib * 2**20)
 
 
 def _read_text(path: Path, max_bytes: int | None = None) -> str:

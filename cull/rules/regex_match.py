@@ -12,9 +12,9 @@ A catastrophically backtracking regex (``(a|aa)+c``) would run for ever; each se
 """
 from __future__ import annotations
 
-import os
 
 from cull.errors import CullError, RuleError, require
+from cull.resources import positive_setting
 
 DEFAULT_TIMEOUT_S = 0.5
 
@@ -25,16 +25,7 @@ class RegexTimeoutError(CullError):
 
 def regex_timeout_s() -> float:
     """The time limit for one regex search, in seconds."""
-    raw = os.environ.get("CULL_REGEX_TIMEOUT_S")
-    if raw is None:
-        return DEFAULT_TIMEOUT_S
-    try:
-        value = float(raw)
-    except ValueError:
-        value = -1.0
-    if not value > 0:
-        raise CullError(f"CULL_REGEX_TIMEOUT_S must be a positive number of seconds, got {raw!r}")
-    return value
+    return positive_setting("CULL_REGEX_TIMEOUT_S", DEFAULT_TIMEOUT_S, "seconds", CullError)
 
 
 def timed_finditer(pattern: str, text: str, *, ignore_case: bool = False, rule_text: str = "",

@@ -14,7 +14,7 @@ from hypothesis import strategies as st
 import cull
 from cull.compile.vocab import vocab_from_token_bytes
 
-from randomized import build, oracle
+from randomized import build, oracle, steer as steer_tokens
 
 
 def check_history(vocab, token_bytes, special, rules, matcher, history_ids):
@@ -51,18 +51,7 @@ def test_ban_sets_equal_reference_steered(seed, steer):
     vocab, tb, special, rules, matcher = build(rng, 40, rng.randint(1, 4), bias=seed % 2 == 0)
     phrase = rng.choice(rules.rules).phrase
     target = rng.choice([phrase, phrase.upper(), "x " + phrase, phrase + "  "])
-    index = {t: i for i, t in enumerate(vocab)}
-    hist, pos = [], 0
-    for k in steer:
-        if pos >= len(target):
-            break
-        cands = [target[pos:pos + n] for n in (1, 2, 3, 4) if target[pos:pos + n] in index]
-        if not cands:
-            pos += 1
-            continue
-        piece = cands[k % len(cands)]
-        hist.append(index[piece])
-        pos += len(piece)
+    hist = steer_tokens(vocab, target, steer)
     check_history(vocab, tb, special, rules, matcher, hist[:-1] if hist else hist)
 
 

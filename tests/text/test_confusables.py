@@ -21,7 +21,7 @@ from cull.text.confusables import data_path, data_version, parse, prototypes
 from cull.text.normalize import (DEFAULT_FOLD, FOLD_CONFUSABLES, OTHER, SPACE, WORD, fold_char, fold_flags,
                                  transduce, transduce_plain)
 
-from randomized import build
+from randomized import build, steer as steer_tokens
 from test_adversarial import (BENIGN, PHRASES, TOKENIZERS, WORD as WORD_RX, adversarial_generation, judge_normalise,
                               random_tokenization, setup, spelling, teacher_force)
 from test_matcher import check_history
@@ -147,18 +147,7 @@ def test_ban_sets_equal_reference_steered_through_look_alikes(seed, steer):
     for plain, looks in SWAPS.items():
         phrase = re.sub(re.escape(plain), lambda _: rng.choice(looks + [plain]), phrase)
     target = rng.choice([phrase, phrase.upper(), "x " + phrase])
-    index = {t: i for i, t in enumerate(vocab)}
-    hist, pos = [], 0
-    for k in steer:
-        if pos >= len(target):
-            break
-        cands = [target[pos:pos + n] for n in (1, 2, 3, 4) if target[pos:pos + n] in index]
-        if not cands:
-            pos += 1
-            continue
-        piece = cands[k % len(cands)]
-        hist.append(index[piece])
-        pos += len(piece)
+    hist = steer_tokens(vocab, target, steer)
     check_history(vocab, tb, special, rules, matcher, hist[:-1] if hist else hist)
 
 
