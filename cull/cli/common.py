@@ -83,8 +83,6 @@ def sayer(args):
 
 def check_backend(backend: str, device) -> None:
     """Refuse a kernel backend that cannot run where the model runs, saying what to use instead."""
-    import os
-
     on_gpu = getattr(device, "type", str(device)) == "cuda"
     if backend != "triton" or on_gpu or os.environ.get("TRITON_INTERPRET") == "1":
         return
@@ -115,11 +113,12 @@ def add_phrase_options(p: argparse.ArgumentParser, when_none: str, modes: bool =
                         "(off by default; needs pip install 'cull-lm[confusables]')")
 
 
-def load_rules(args, default=None):
-    """A PhraseSet from --phrases files and --phrase texts (or `default()` when neither is given)."""
+def load_rules(args, default=None, action=None):
+    """A PhraseSet from --phrases files and --phrase texts (or `default()` when neither is given);
+    `action` overrides --mode and the files' own actions."""
     from cull.rules import BAN, BIAS, PhraseSet
 
-    mode = getattr(args, "mode", None)
+    mode = action or getattr(args, "mode", None)
     bias = getattr(args, "bias", None)
     if bias is not None and mode is None:
         mode = BIAS
@@ -132,12 +131,12 @@ def load_rules(args, default=None):
         if default is None:
             raise UsageError("no phrases given: pass --phrases FILE or --phrase TEXT")
         files = [default()]
-    rules = []
+    rules, symbols = [], getattr(args, "allow_symbols", False)
     try:
         for f in files:
-            rules.extend(PhraseSet.load(f, action=mode, bias=bias, allow_symbols=args.allow_symbols))
+            rules.extend(PhraseSet.load(f, action=mode, bias=bias, allow_symbols=symbols))
         if texts:
-            rules.extend(PhraseSet(texts, action=mode or BAN, bias=bias, allow_symbols=args.allow_symbols))
+            rules.extend(PhraseSet(texts, action=mode or BAN, bias=bias, allow_symbols=symbols))
     except CullError as exc:
         if "needs a numeric delta" in str(exc):
             raise UsageError(f"{exc}; give one with --bias, e.g. --bias -5") from None
@@ -187,11 +186,16 @@ def temperature_value(s: str) -> float:
     return v
 
 
-def add_model_options(p: argparse.ArgumentParser) -> None:
+def add_model_path_options(p: argparse.ArgumentParser) -> None:
+    """--model and --threads: which model, on how many CPU threads."""
     p.add_argument("--model", default=None, metavar="PATH",
                    help="HF model folder or .gguf file (default: SmolLM2-135M-Instruct, no hub needed)")
     p.add_argument("--threads", type=positive_int("--threads"), default=None, metavar="N",
                    help="CPU threads for torch (default: the idle cores)")
+
+
+def add_model_options(p: argparse.ArgumentParser) -> None:
+    add_model_path_options(p)
     p.add_argument("--backend", choices=("auto", "torch", "triton", "reference"), default="auto",
                    help="the processor's kernels: torch (CPU or GPU), triton (CUDA GPU only), reference (slow, "
                         "for checks), or auto (triton on a GPU, torch otherwise)")
@@ -205,8 +209,7 @@ def print_error(msg: str) -> None:
 
 
 def add_sampling_options(p, prompts_default: str):
-    p.add_argument("--model", default=None, metavar="PATH",
-                   help="HF model folder or .gguf file (default: SmolLM2-135M-Instruct, no hub needed)")
+    add_model_path_options(p)
     p.add_argument("--phrases", action="append", default=[], metavar="FILE",
                    help="phrase file (.txt, .json, .yaml, antislop pairs); repeatable (required, or --phrase)")
     p.add_argument("--phrase", action="append", default=[], metavar="TEXT",
@@ -223,23 +226,16 @@ def add_sampling_options(p, prompts_default: str):
     p.add_argument("--max-new-tokens", type=positive_int("--max-new-tokens"), default=128, metavar="N",
                    help="new tokens per generation at most")
     p.add_argument("--temperature", type=temperature_value, default=0.8, metavar="T", help="sampling temperature")
-    p.add_argument("--seed", type=seed_value, default=0, metavar="N", help="random seed: the same seed gives the same samples")
-    p.add_argument("--threads", type=positive_int("--threads"), default=None, metavar="N",
-                   help="CPU threads for torch (default: the idle cores)")
+    p.add_argument("--seed", type=seed_value, default=0, metavar="N",
+                   help="random seed: the same seed gives the same samples")
     add_output_options(p)
 
 
 def load_phrases(args):
-    from cull.rules import PhraseSet
+    """The phrases of `cull eval` and `cull finetune`: --phrases and --phrase, all as bans."""
+    from cull.rules import BAN
 
-    rules = []
-    for f in args.phrases:
-        rules.extend(PhraseSet.load(f, action="ban"))
-    if args.phrase:
-        rules.extend(PhraseSet(args.phrase))
-    if not rules:
-        raise CullError("no phrases given: pass --phrases FILE or --phrase TEXT")
-    return PhraseSet(rules)
+    return load_rules(args, action=BAN)
 
 
 def load_model_for(args, path):

@@ -14,7 +14,6 @@ from cull.cli.common import (add_model_options, add_output_options, check_backen
                              quiet_transformers)
 from cull.errors import CullError, require
 from cull.rules.find import find
-from cull.measure.models import load_model, resolve_model
 from cull.rules import PhraseSet
 
 SHIPPED_LIST = PACKAGE_DATA / "slop_phrases.txt"
@@ -37,6 +36,8 @@ def run_demo(*, model=None, phrases=None, max_new_tokens: int = 120, n_prompts: 
     """Run the demo, print it, and return (and optionally write) the results as a dict."""
     require("rich", "hf")
     from rich.console import Console
+
+    from cull.measure.models import load_model, resolve_model
 
     from cull.compile.cache import compile_rules
     from cull.decode.processor import CullLogitsProcessor

@@ -4,8 +4,8 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from cull.cli.common import (add_output_options, load_model_for, positive_int, progress_wanted, seed_value,
-                             temperature_value)
+from cull.cli.common import (add_model_path_options, add_output_options, load_model_for, positive_int,
+                             progress_wanted, seed_value, temperature_value)
 
 DESCRIPTION = ("Sample a model on writing prompts with no processor, then list the known slop phrases it writes "
                "and the word n-grams that recur across its generations: a phrase file for --phrases.")
@@ -14,8 +14,7 @@ DESCRIPTION = ("Sample a model on writing prompts with no processor, then list t
 def add_parser(subparsers):
     p = subparsers.add_parser("discover", help="find the phrases a model over-uses",
                               description=DESCRIPTION)
-    p.add_argument("--model", default=None, metavar="PATH",
-                   help="HF model folder or .gguf file (default: SmolLM2-135M-Instruct, no hub needed)")
+    add_model_path_options(p)
     p.add_argument("--prompts", default="train", metavar="FILE", help="prompt file or built-in set (train, heldout)")
     p.add_argument("--candidates", default=None, metavar="FILE",
                    help="candidate phrase list (default: antislop's phrase and word lists from CULL_DATA_DIR, else "
@@ -28,11 +27,10 @@ def add_parser(subparsers):
     p.add_argument("--min-count", type=positive_int("--min-count"), default=2, metavar="N",
                    help="fewest hits to keep a phrase")
     p.add_argument("--max-prompts", type=int, default=0, metavar="N", help="use only the first N prompts (0: all)")
-    p.add_argument("--seed", type=seed_value, default=0, metavar="N", help="random seed: the same seed gives the same samples")
+    p.add_argument("--seed", type=seed_value, default=0, metavar="N",
+                   help="random seed: the same seed gives the same samples")
     p.add_argument("--batch-size", type=positive_int("--batch-size"), default=16, metavar="N",
                    help="generations run together")
-    p.add_argument("--threads", type=positive_int("--threads"), default=None, metavar="N",
-                   help="CPU threads for torch (default: the idle cores)")
     p.add_argument("--out", default=None, metavar="FILE.txt",
                    help="write the phrases found, one a line (default: not written)")
     p.add_argument("--json", action="store_true", help="print everything as JSON")

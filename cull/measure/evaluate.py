@@ -27,7 +27,7 @@ from dataclasses import dataclass
 
 from cull.resources import PROMPTS_DIR, builtin_prompt_sets, prompt_file  # noqa: F401 (PROMPTS_DIR: cull eval)
 from cull.decode.tokens import eos_ids, pad_id, pad_rows
-from cull.measure.generate import prompt_ids
+from cull.measure.generate import BanCounter, prompt_ids  # noqa: F401 (BanCounter: public here too)
 from cull.errors import CullError, require
 # the metrics, reports and text statistics live in their own modules; re-exported here, where
 # `cull eval` users look for them
@@ -159,27 +159,6 @@ def _oom_guard(fn, batch_size: int, what: str):
             raise CullError(f"ran out of memory during {what} at batch size {batch_size}; pass a smaller "
                             f"batch size (--batch-size {max(1, batch_size // 2)})") from None
         raise
-
-
-class BanCounter:
-    """Wraps a logits processor and counts its interventions: a ban event is a row-step where the
-    tokens it set to -inf held at least `threshold` of the model's probability."""
-
-    def __init__(self, processor, threshold: float = 0.01):
-        self.processor, self.threshold = processor, threshold
-        self.events, self.removed_mass, self.row_steps = 0, 0.0, 0
-
-    def __call__(self, input_ids, scores):
-        import torch
-
-        p = torch.softmax(scores.float(), -1)
-        was = torch.isinf(scores)
-        scores = self.processor(input_ids, scores)
-        removed = (p * (torch.isinf(scores) & ~was)).sum(-1)
-        self.events += int((removed >= self.threshold).sum())
-        self.removed_mass += float(removed.sum())
-        self.row_steps += scores.shape[0]
-        return scores
 
 
 def _measure(model, tok, rules, prompts, gens, *, seed, chat, progress, clean_texts, human_texts,

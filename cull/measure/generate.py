@@ -67,30 +67,52 @@ class TimedProcessor:
         return out
 
 
-class BanTally:
-    """Wraps a logits processor and counts the steps at which it changed what the model would write.
-
-    `top_changed`: steps where the model's most likely next token (temperature does not move it) was
-    banned or biased below another. `masked`: steps where the tokens the processor newly set to -inf
-    held at least `threshold` of the probability the model gave at that step. Both count rows of the
-    batch, one per step for a single generation."""
+class BanCounter:
+    """Wraps a logits processor and counts its interventions: a ban event is a row-step where the
+    tokens it set to -inf held at least `threshold` of the model's probability."""
 
     def __init__(self, processor, threshold: float = 0.01):
         self.processor, self.threshold = processor, threshold
-        self.steps = self.top_changed = self.masked = 0
+        self.events, self.removed_mass, self.row_steps = 0, 0.0, 0
 
     def __call__(self, input_ids, scores):
         import torch
 
+        p = torch.softmax(scores.float(), -1)
+        was = torch.isinf(scores)
+        scores = self.processor(input_ids, scores)
+        removed = (p * (torch.isinf(scores) & ~was)).sum(-1)
+        self.events += int((removed >= self.threshold).sum())
+        self.removed_mass += float(removed.sum())
+        self.row_steps += scores.shape[0]
+        return scores
+
+
+
+class BanTally(BanCounter):
+    """A BanCounter that also counts the steps at which the processor changed what the model would
+    write. `top_changed`: steps where the model's most likely next token (temperature does not move
+    it) was banned or biased below another. `masked` (= `events`): steps where the tokens the
+    processor newly set to -inf held at least `threshold` of the probability. Both count rows of
+    the batch, one per step for a single generation."""
+
+    def __init__(self, processor, threshold: float = 0.01):
+        super().__init__(processor, threshold)
+        self.top_changed = 0
+
+    @property
+    def steps(self) -> int:
+        return self.row_steps
+
+    @property
+    def masked(self) -> int:
+        return self.events
+
+    def __call__(self, input_ids, scores):
         top = scores.argmax(-1)
-        probs = torch.softmax(scores.float(), -1)
-        was_masked = torch.isinf(scores) & (scores < 0)
-        scores = self.processor(input_ids, scores)  # may write in place: everything above is a copy
-        masked = torch.isinf(scores) & (scores < 0) & ~was_masked
+        scores = super().__call__(input_ids, scores)
         top_score = scores.gather(-1, top[:, None])[:, 0]
         self.top_changed += int((top_score < scores.max(-1).values).sum())
-        self.masked += int(((probs * masked).sum(-1) >= self.threshold).sum())
-        self.steps += scores.shape[0]
         return scores
 
 
