@@ -64,9 +64,6 @@ def add_parser(subparsers):
                    help="sharpness of the preference term: softplus(beta * (margin - logit gap))")
     g.add_argument("--margin", type=float, default=2.0, metavar="M",
                    help="logit margin of chosen over rejected where a pair stops pulling")
-    g.add_argument("--promote-chosen", action="store_true",
-                   help="let the preference push the chosen alternatives up too (FTPO); by default only the "
-                        "rejected token is lowered and the alternatives are held by the tether")
     p.set_defaults(func=run_finetune)
     return p
 
@@ -85,8 +82,7 @@ def run_finetune(args) -> int:
         steps=args.steps, lr=args.lr, batch_size=args.batch_size, retain_batch_size=args.retain_batch_size,
         full=args.full, lora_r=args.lora_r, lora_alpha=args.lora_alpha,
         lora_targets=tuple(args.lora_targets.split(",")) if args.lora_targets else None,
-        weights=LossWeights(args.w_pref, args.w_ul, args.w_kl, args.beta, args.margin, tether=args.w_tether,
-                            promote=args.promote_chosen),
+        weights=LossWeights(args.w_pref, args.w_ul, args.w_kl, args.beta, args.margin, tether=args.w_tether),
         seed=args.seed, rounds=args.rounds, method=args.method, dtype=args.dtype, warmup=args.warmup,
         eval_every=args.eval_every, val_samples=args.val_samples, max_ppl_rise=args.max_ppl_rise,
         checkpoint_every=args.checkpoint_every, adapter_only=args.adapter_only, n_samples=args.n_samples,

@@ -5,14 +5,12 @@ acceptable alternatives:
 
 - `preference_loss`: FTPO-style, on raw logit gaps d = z[c] - z[r] (equal to the log-prob gaps):
   softplus(beta * (margin - d)) per chosen c, weighted by min(1, (margin - d) / margin), clipped to 0
-  once d >= margin, so a pair stops pulling once it is won by the margin (no runaway Δ). With
-  `promote=False` (cull's default) no gradient reaches z[c]: the gap is closed by lowering z[r] alone,
-  so no alternative is pushed up into a new tic (FTPO raises the chosen tokens too);
+  once d >= margin, so a pair stops pulling once it is won by the margin (no runaway Δ);
 - `unlikelihood_loss`: -log(1 - p(r)) (Welleck et al. 2019), computed stably in log space; gated
   (`gate=True`): only on rows where r still beats every chosen token (or, with none, every token);
-- `tether_loss`: squared distance of every non-target logit (all but r, and C when the chosen
-  tokens are promoted) to the reference's logits at the same context, after removing the mean shift
-  (softmax ignores it): the rest of the distribution at the hit contexts stays where it was;
+- `tether_loss`: squared distance of every non-target logit (all but r and C) to the reference's
+  logits at the same context, after removing the mean shift (softmax ignores it): the rest of the
+  distribution at the hit contexts stays where it was;
 
 and on the model's own clean samples (the retain set):
 
@@ -38,22 +36,19 @@ class LossWeights:
     tether: float = 0.4
     mle: float = 0.0
     clip: bool = True  # preference: stop pulling a pair once its margin is met
-    promote: bool = False  # preference: also push the chosen logits up (FTPO); off: lower the rejected only
     gate_unlikelihood: bool = True  # unlikelihood only while the rejected token still wins
 
 
 def preference_loss(logits: torch.Tensor, rejected: torch.Tensor, chosen: torch.Tensor, chosen_mask: torch.Tensor,
-                    beta: float = 1.0, margin: float = 2.0, clip: bool = False, promote: bool = True) -> torch.Tensor:
+                    beta: float = 1.0, margin: float = 2.0, clip: bool = False) -> torch.Tensor:
     """logits [B, V]; rejected [B]; chosen [B, C] (padded) with chosen_mask [B, C] (bool).
     Per chosen token softplus(beta * (margin - (z[c] - z[r]))), averaged over an example's chosen
     tokens and over examples; with `clip`, weighted by clamp((margin - gap) / margin, 0, 1) (no
-    gradient through the weight), so a won pair adds nothing. With `promote=False` the chosen logits
-    get no gradient (only the rejected one moves). Examples without any chosen token contribute nothing."""
+    gradient through the weight), so a won pair adds nothing. Examples without any chosen token
+    contribute nothing."""
     z = logits.float()
     zr = z.gather(-1, rejected[:, None])  # [B, 1]
     zc = z.gather(-1, chosen.clamp(min=0))  # [B, C]
-    if not promote:
-        zc = zc.detach()
     gap = zc - zr
     per = F.softplus(beta * (margin - gap))  # [B, C]
     m = chosen_mask.float()
@@ -96,15 +91,13 @@ def unlikelihood_loss(logits: torch.Tensor, rejected: torch.Tensor, chosen: torc
 
 
 def tether_loss(logits: torch.Tensor, ref_logits: torch.Tensor, rejected: torch.Tensor, chosen: torch.Tensor,
-                chosen_mask: torch.Tensor, free_chosen: bool = True) -> torch.Tensor:
+                chosen_mask: torch.Tensor) -> torch.Tensor:
     """Mean squared distance of the non-target logits to the reference's, per row centred (a common
-    shift of all logits changes no probability). logits, ref_logits [B, V]. The rejected token is
-    always free; the chosen ones too with `free_chosen` (when the preference pushes them up)."""
+    shift of all logits changes no probability). logits, ref_logits [B, V]."""
     keep = torch.ones_like(logits, dtype=torch.bool)
     keep.scatter_(1, rejected[:, None], False)
-    if free_chosen:
-        rows = torch.arange(logits.shape[0], device=logits.device)[:, None].expand_as(chosen)
-        keep[rows[chosen_mask], chosen[chosen_mask]] = False
+    rows = torch.arange(logits.shape[0], device=logits.device)[:, None].expand_as(chosen)
+    keep[rows[chosen_mask], chosen[chosen_mask]] = False
     diff = (logits.float() - ref_logits.float()) * keep
     n = keep.sum(-1, keepdim=True).clamp(min=1)
     centred = (diff - diff.sum(-1, keepdim=True) / n) * keep
@@ -138,15 +131,13 @@ def total_loss(pref_logits, rejected, chosen, chosen_mask, retain_logits, top_id
     total = anchor.new_zeros(())
     if pref_logits is not None and pref_logits.numel():
         if w.preference:
-            parts["pref"] = preference_loss(pref_logits, rejected, chosen, chosen_mask, w.beta, w.margin, w.clip,
-                                            promote=w.promote)
+            parts["pref"] = preference_loss(pref_logits, rejected, chosen, chosen_mask, w.beta, w.margin, w.clip)
             total = total + w.preference * parts["pref"]
         if w.unlikelihood:
             parts["ul"] = unlikelihood_loss(pref_logits, rejected, chosen, chosen_mask, gate=w.gate_unlikelihood)
             total = total + w.unlikelihood * parts["ul"]
         if w.tether and ref_logits is not None:
-            parts["tether"] = tether_loss(pref_logits, ref_logits, rejected, chosen, chosen_mask,
-                                          free_chosen=w.promote and bool(w.preference))
+            parts["tether"] = tether_loss(pref_logits, ref_logits, rejected, chosen, chosen_mask)
             total = total + w.tether * parts["tether"]
     if retain_logits is not None and retain_logits.numel():
         if w.kl and top_ids is not None:

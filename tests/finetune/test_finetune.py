@@ -219,30 +219,6 @@ def test_preference_is_clipped_at_the_margin():
                            margin=2.0, clip=True).item() == 0.0
 
 
-def test_preference_without_promotion_moves_only_the_rejected_logit():
-    logits = torch.tensor([[0.0, 1.0, 0.5, -1.0]], requires_grad=True)
-    args = (torch.tensor([0]), torch.tensor([[1, 2]]), torch.tensor([[True, True]]))
-    loss = preference_loss(logits, *args, margin=2.0, clip=True, promote=False)
-    loss.backward()
-    assert logits.grad[0, 0] > 0 and logits.grad[0, 1] == 0 and logits.grad[0, 2] == 0 and logits.grad[0, 3] == 0
-    same = preference_loss(logits.detach(), *args, margin=2.0, clip=True, promote=True)
-    assert loss.item() == pytest.approx(same.item())  # the value is the same; only the gradient differs
-
-
-def test_tether_holds_the_chosen_tokens_unless_they_are_promoted():
-    from cull.finetune.loss import tether_loss
-
-    ref = torch.zeros(1, 6)
-    moved = ref.clone()
-    moved[0, 2] += 2.0  # a chosen token moved up
-    args = (torch.tensor([0]), torch.tensor([[2]]), torch.tensor([[True]]))
-    assert tether_loss(moved, ref, *args, free_chosen=True).item() == pytest.approx(0.0, abs=1e-10)
-    assert tether_loss(moved, ref, *args, free_chosen=False).item() > 0.1
-    before = tether_loss(moved, ref, *args, free_chosen=False).item()
-    moved[0, 0] -= 5.0  # the rejected token is always free
-    assert tether_loss(moved, ref, *args, free_chosen=False).item() == pytest.approx(before)
-
-
 def test_unlikelihood_is_gated_once_the_rejected_token_stops_winning():
     logits = torch.tensor([[3.0, 1.0, 0.0], [1.0, 3.0, 0.0]])
     rejected, chosen, mask = torch.tensor([0, 0]), torch.tensor([[1], [1]]), torch.tensor([[True], [True]])
@@ -429,7 +405,7 @@ def test_baselines_and_options_run_on_stories(tmp_path, method):
         tuned = AutoModelForCausalLM.from_pretrained(tmp_path).eval()
     else:
         kw = {"ul-mle": dict(method="ul-mle"), "nat": dict(method="nat"), "cull-bf16": dict(dtype="bf16"),
-              "cull-2-rounds": dict(rounds=2, steps=3, lr=5e-4, eval_every=0)}[method]
+              "cull-2-rounds": dict(rounds=2, steps=3, lr=2e-3, eval_every=0)}[method]
         cfg = FinetuneConfig(**{**dict(steps=20, lr=5e-3, n_samples=64, max_new_tokens=16, checkpoint_every=0,
                                        eval_every=10, val_samples=16), **kw})
         s = finetune(model, tok, [PHRASE], [""], tmp_path, cfg, progress=False, say=lambda m: None)
