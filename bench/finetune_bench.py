@@ -40,6 +40,7 @@ COLS = ["name", "hits", "hits_per_1k_words", "hits_reduction_pct", "hits_reducti
 
 def train_method(name, base, tok, rules, prompts, data, base_path, args, say):
     from cull.finetune import FinetuneConfig, finetune
+    from cull.finetune.loss import LossWeights
 
     fresh = copy.deepcopy(base)
     out = Path(args.work_dir) / name
@@ -50,6 +51,7 @@ def train_method(name, base, tok, rules, prompts, data, base_path, args, say):
                              seed=args.seed, say=say)
         return model, s["train_s"]
     cfg = FinetuneConfig(steps=args.steps, lr=args.lr, method=name, seed=args.seed, checkpoint_every=0,
+                         weights=LossWeights(kl=args.w_kl),
                          eval_every=args.eval_every, val_samples=args.val_samples, gen_batch_size=args.gen_batch_size,
                          max_new_tokens=args.max_new_tokens)
     s = finetune(fresh, tok, rules, prompts, out, cfg, data=data, base_path=base_path, say=say, progress=False)
@@ -122,21 +124,26 @@ def _have_trl(say) -> bool:
 
 
 def main(argv=None):
+    from cull.finetune.loss import LossWeights
+    from cull.finetune.train import FinetuneConfig
+
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     add_setup_args(p)
     p.add_argument("--methods", nargs="*", default=list(METHODS), choices=METHODS)
-    p.add_argument("--steps", type=int, default=200)
+    p.add_argument("--steps", type=int, default=FinetuneConfig.steps, help="default: cull finetune's")
     p.add_argument("--lr", type=float, default=None)
+    p.add_argument("--w-kl", type=float, default=LossWeights.kl, help="cull's KL weight (default: cull finetune's)")
     p.add_argument("--dpo-lr", type=float, default=5e-4)
     p.add_argument("--batch-size", type=int, default=8)
-    p.add_argument("--eval-every", type=int, default=25)
+    p.add_argument("--eval-every", type=int, default=FinetuneConfig.eval_every, help="default: cull finetune's")
     p.add_argument("--val-samples", type=int, default=1)
     p.add_argument("--skip-processor-check", action="store_true")
     p.add_argument("--out-dir", default=str(RESULTS))
     args = p.parse_args(argv)
     if args.quick:
         quick_defaults(args, data_dir)
-        args.steps, args.lr, args.dpo_lr, args.eval_every, args.val_samples = 30, 5e-3, 5e-3, 10, 16
+        # stories260K's phrase is 81% of its samples: a loose tether (see tests/finetune)
+        args.steps, args.lr, args.dpo_lr, args.eval_every, args.val_samples, args.w_kl = 30, 5e-3, 5e-3, 10, 16, 1.0
     return run(args)
 
 

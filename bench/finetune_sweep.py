@@ -6,7 +6,7 @@ so one training gives a whole curve. Every point is evaluated against the same b
 
 Writes bench/results/finetune-sweep-<device>-<date>.json, .md and .png.
 
-    python -m bench.finetune_sweep --kl 1 3 8 --rounds 1 2 --scales 0.5 0.75 1     # SmolLM2 (long)
+    python -m bench.finetune_sweep --kl 10 30 100 --rounds 1 2 --scales 0.5 0.75 1  # SmolLM2 (long)
     python -m bench.finetune_sweep --quick                                          # stories260K, a minute
 """
 from __future__ import annotations
@@ -141,14 +141,16 @@ def run(args) -> dict:
 
 
 def main(argv=None):
+    from cull.finetune.train import FinetuneConfig
+
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     add_setup_args(p)
-    p.add_argument("--kl", nargs="+", type=float, default=None, help="KL weights (default 1 3; --quick: 0 1)")
+    p.add_argument("--kl", nargs="+", type=float, default=None, help="KL weights (default 10 30; --quick: 0 1)")
     p.add_argument("--rounds", nargs="+", type=int, default=None, help="rounds (default 1 2)")
     p.add_argument("--scales", nargs="+", type=float, default=None, help="merge scales (default 0.5 0.75 1; --quick: 0.5 1)")
-    p.add_argument("--steps", type=int, default=200)
+    p.add_argument("--steps", type=int, default=FinetuneConfig.steps, help="default: cull finetune's")
     p.add_argument("--lr", type=float, default=None)
-    p.add_argument("--eval-every", type=int, default=25)
+    p.add_argument("--eval-every", type=int, default=FinetuneConfig.eval_every, help="default: cull finetune's")
     p.add_argument("--val-samples", type=int, default=1)
     p.add_argument("--out-dir", default=str(RESULTS))
     args = p.parse_args(argv)
@@ -156,7 +158,7 @@ def main(argv=None):
         quick_defaults(args, data_dir)
         args.steps, args.lr, args.eval_every, args.val_samples = 12, 5e-3, 4, 16
     quick = args.quick
-    args.kl = args.kl or ([0.0, 1.0] if quick else [1.0, 3.0])
+    args.kl = args.kl or ([0.0, 1.0] if quick else [10.0, 30.0])
     args.rounds = args.rounds or [1, 2]
     args.scales = args.scales or ([0.5, 1.0] if quick else [0.5, 0.75, 1.0])
     return run(args)

@@ -18,7 +18,7 @@ def add_parser(subparsers):
     p.add_argument("--full", action="store_true", help="full fine-tune instead of LoRA")
     p.add_argument("--adapter-only", action="store_true", help="save the LoRA adapter, not a merged model")
     p.add_argument("--resume", action="store_true", help="continue from the latest checkpoint in --out")
-    p.add_argument("--steps", type=positive_int("--steps"), default=200, metavar="N",
+    p.add_argument("--steps", type=positive_int("--steps"), default=60, metavar="N",
                    help="steps per round (early stopping may end it sooner)")
     p.add_argument("--rounds", type=positive_int("--rounds"), default=1, metavar="N",
                    help="rounds on policy: sample the tuned model, add its residual hits and newly over-used "
@@ -48,7 +48,7 @@ def add_parser(subparsers):
     p.add_argument("--max-examples", type=int, default=None, metavar="N",
                    help="cap the preference examples, keeping one of every phrase (default: no cap)")
     v = p.add_argument_group("early stopping")
-    v.add_argument("--eval-every", type=int, default=25, metavar="N", help="validation check every N steps (0: none)")
+    v.add_argument("--eval-every", type=int, default=10, metavar="N", help="validation check every N steps (0: none)")
     v.add_argument("--val-samples", type=int, default=1, metavar="N",
                    help="samples per validation prompt checked for hits")
     v.add_argument("--max-ppl-rise", type=float, default=0.01, metavar="SHARE",
@@ -58,7 +58,7 @@ def add_parser(subparsers):
     g.add_argument("--w-ul", type=float, default=1.0, metavar="W", help="weight of the gated unlikelihood term")
     g.add_argument("--w-tether", type=float, default=0.4, metavar="W",
                    help="weight of the logit tether at the hit contexts")
-    g.add_argument("--w-kl", type=float, default=1.0, metavar="W",
+    g.add_argument("--w-kl", type=float, default=30.0, metavar="W",
                    help="weight of the dense KL retain on clean samples")
     g.add_argument("--beta", type=float, default=1.0, metavar="B",
                    help="sharpness of the preference term: softplus(beta * (margin - logit gap))")
@@ -70,15 +70,27 @@ def add_parser(subparsers):
 
 def run_finetune(args) -> int:
     from cull.measure.evaluate import load_prompts
-    from cull.finetune.loss import LossWeights
-    from cull.finetune.train import FinetuneConfig, finetune
+    from cull.finetune.train import finetune
 
     rules = load_phrases(args)
     prompts = load_prompts(args.prompts)
     if args.adapter_only and args.full:
         raise CullError("--adapter-only goes with LoRA; a full fine-tune always saves the whole model")
     model, tok, base = load_model_for(args, args.model)
-    cfg = FinetuneConfig(
+    cfg = config_from_args(args)
+    s = finetune(model, tok, rules, prompts, args.out, cfg, resume=args.resume, progress=not args.no_progress,
+                 base_path=base, say=sayer(args))
+    say(f"Saved the {s['saved']} model to {args.out} (load it with from_pretrained); measure it with "
+         f"`cull eval --model {args.out} --reference {args.model or 'smollm2'} ...`")
+    return 0
+
+
+def config_from_args(args):
+    """The FinetuneConfig of the parsed arguments (with no options: `FinetuneConfig()`'s defaults)."""
+    from cull.finetune.loss import LossWeights
+    from cull.finetune.train import FinetuneConfig
+
+    return FinetuneConfig(
         steps=args.steps, lr=args.lr, batch_size=args.batch_size, retain_batch_size=args.retain_batch_size,
         full=args.full, lora_r=args.lora_r, lora_alpha=args.lora_alpha,
         lora_targets=tuple(args.lora_targets.split(",")) if args.lora_targets else None,
@@ -88,8 +100,3 @@ def run_finetune(args) -> int:
         checkpoint_every=args.checkpoint_every, adapter_only=args.adapter_only, n_samples=args.n_samples,
         temperature=args.temperature, max_new_tokens=args.max_new_tokens, gen_batch_size=args.gen_batch_size,
         chat=args.chat, max_examples=args.max_examples)
-    s = finetune(model, tok, rules, prompts, args.out, cfg, resume=args.resume, progress=not args.no_progress,
-                 base_path=base, say=sayer(args))
-    say(f"Saved the {s['saved']} model to {args.out} (load it with from_pretrained); measure it with "
-         f"`cull eval --model {args.out} --reference {args.model or 'smollm2'} ...`")
-    return 0

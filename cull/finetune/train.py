@@ -1,7 +1,7 @@
 """The training loop of `cull finetune`: LoRA (peft) by default, or a full fine-tune, under accelerate.
 
     from cull.finetune import FinetuneConfig, finetune
-    summary = finetune(model, tok, rules, prompts, "out/", FinetuneConfig(steps=200))
+    summary = finetune(model, tok, rules, prompts, "out/", FinetuneConfig())
 
 The same code runs on one CPU, one GPU or several (`accelerate launch -m cull finetune ...`): the
 data are built once by the main process and shared through `out/data.json`; each process takes its
@@ -30,7 +30,7 @@ MAX_BATCH = 256
 
 @dataclass
 class FinetuneConfig:
-    steps: int = 200  # per round; early stopping may end a round sooner
+    steps: int = 60  # per round; early stopping may end a round sooner
     lr: float | None = None  # default: 1e-3 for LoRA, 5e-5 for a full fine-tune
     batch_size: int = 8  # preference examples per step
     retain_batch_size: int = 4  # retain sequences per step (every position of each)
@@ -47,7 +47,7 @@ class FinetuneConfig:
     warmup: float = 0.1  # share of a round's steps with a linear warm-up
     min_lr: float = 0.1  # the cosine decay ends at this share of the learning rate
     # early stopping (see docs/finetune.md)
-    eval_every: int = 25
+    eval_every: int = 10
     val_fraction: float = 0.15  # share of the prompts held out for validation
     val_samples: int = 1  # samples per validation prompt checked for hits (0: none)
     max_ppl_rise: float = 0.01  # perplexity budget on held-out clean samples

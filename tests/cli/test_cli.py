@@ -412,7 +412,7 @@ def test_every_option_has_help_that_states_its_default(capsys):
     assert "--seed N random seed: the same seed gives the same text (default: 0)" in helps["generate"]
     assert "--max-new-tokens N new tokens at most (default: 200)" in helps["generate"]
     assert "--top N phrases in the --count table (default: 30)" in helps["scan"]
-    assert "--steps N steps per round (early stopping may end it sooner); default: 200" in helps["finetune"]
+    assert "--steps N steps per round (early stopping may end it sooner); default: 60" in helps["finetune"]
     assert "95% CIs" in helps["eval"] and "%%" not in "".join(helps.values())
     for name, text in helps.items():  # every command shows a spinner or progress bars
         assert "-q, --quiet" in text and "--no-progress" in text, name
@@ -560,3 +560,16 @@ def test_demo_json(capsys, tmp_path, monkeypatch):
     shipped = PhraseSet.load(default_phrases()[0])  # the list cull ships, on every machine
     assert res["n_phrases"] == len(shipped) >= 300 and len(res["prompts"]) == 1
     assert "without cull" in out and "Overhead" in out
+
+
+def test_finetune_defaults_are_the_library_defaults():
+    """`cull finetune` with no options trains with `FinetuneConfig()`: the recipe measured in the README
+    is the one the command runs."""
+    from cull.cli.finetune import config_from_args
+    from cull.cli.main import build_parser
+    from cull.finetune.train import FinetuneConfig
+
+    args = build_parser().parse_args(["finetune", "--out", "x"])
+    assert config_from_args(args) == FinetuneConfig()
+    tuned = config_from_args(build_parser().parse_args(["finetune", "--out", "x", "--w-kl", "2", "--steps", "7"]))
+    assert tuned.weights.kl == 2 and tuned.steps == 7

@@ -10,7 +10,7 @@ import cull
 from conftest import need_data
 from cull.errors import CullError
 from cull.finetune.data import char_ends, hits_in, token_at_char
-from cull.finetune.loss import log1m_prob, preference_loss, retain_kl, unlikelihood_loss
+from cull.finetune.loss import LossWeights, log1m_prob, preference_loss, retain_kl, unlikelihood_loss
 
 PHRASE = "Once upon a time"
 
@@ -342,8 +342,10 @@ def test_finetune_removes_once_upon_a_time(tmp_path, full):
     clean = ["One day, a little girl named Lily went to the park. She saw a big dog.",
              "Tom liked to play with his red ball. He threw it high in the sky."]
     ppl_before = perplexity(model, tok, clean, progress=False)["perplexity"]
+    # stories260K writes the phrase in 81% of its samples: removing it must move the whole distribution,
+    # which the default KL weight (30, measured on SmolLM2) resists; this tiny model needs a loose tether
     cfg = FinetuneConfig(steps=30, lr=5e-3 if not full else 1e-3, full=full, n_samples=64,
-                         max_new_tokens=16, checkpoint_every=0)
+                         max_new_tokens=16, checkpoint_every=0, weights=LossWeights(kl=1.0))
     finetune(model, tok, [PHRASE], [""], tmp_path, cfg, progress=False, say=lambda m: None)
     tuned = AutoModelForCausalLM.from_pretrained(tmp_path).eval()  # the saved, merged model
     after = _rate(tuned, tok)
