@@ -7,7 +7,7 @@ import sys
 from cull.version import __version__
 from cull.cli import compile, demo, discover, eval, finetune, generate, scan
 from cull.cli.common import print_error, quiet_transformers
-from cull.cli.parsing import ArgumentParser, reject_unknown
+from cull.cli.parsing import ArgumentParser, reject_options_before_command, reject_unknown
 from cull.errors import CullError, MissingExtraError
 
 COMMANDS = (demo, generate, compile, scan, finetune, eval, discover)
@@ -33,6 +33,7 @@ def build_parser() -> ArgumentParser:
 
 def main(argv=None) -> int:
     parser = build_parser()
+    reject_options_before_command(parser, list(sys.argv[1:] if argv is None else argv))
     args, extras = parser.parse_known_args(argv)
     if extras:
         reject_unknown(parser, parser.commands.get(args.command), extras)

@@ -82,6 +82,17 @@ def option_strings(parser: argparse.ArgumentParser) -> list[str]:
     return [s for a in parser._actions for s in a.option_strings]  # argparse lists them nowhere public
 
 
+def reject_options_before_command(parser: ArgumentParser, argv: list[str]) -> None:
+    """Exit when a command's option comes before the command (`cull --phrases x generate`): parsed
+    as it stands, its value would be taken for the command."""
+    first = argv[0].split("=", 1)[0] if argv else ""
+    if not first.startswith("-") or first in option_strings(parser):
+        return
+    command = next((a for a in argv[1:] if a in parser.commands), None)
+    if command is not None and first in option_strings(parser.commands[command]):
+        parser.commands[command].exit_with(f"{first} goes after the command: `cull {command} {first} ...`")
+
+
 def reject_unknown(parser: ArgumentParser, command_parser, extras: list[str]) -> None:
     """Exit with a one-line error for the arguments nobody took, with a suggestion for an option."""
     target = command_parser or parser

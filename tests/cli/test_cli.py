@@ -374,6 +374,8 @@ def test_triton_backend_on_the_cpu_says_what_to_use(capsys, monkeypatch, command
     (["scan", "a.txt", "--per-lnie=yes"], ["unrecognized argument --per-lnie; did you mean --per-line?"]),
     (["generate", "--zzz"], ["unrecognized argument --zzz (see `cull generate --help`)"]),
     (["--quiet", "scan", "a.txt"], ["--quiet goes after the command: `cull scan --quiet ...`"]),
+    (["--phrases", "x", "generate"], ["--phrases goes after the command: `cull generate --phrases ...`"]),
+    (["--phrases=x", "scan", "a.txt"], ["--phrases goes after the command: `cull scan --phrases ...`"]),
     (["genrate", "--prompt", "x"], ["unknown command 'genrate'; did you mean generate?", "commands: demo,"]),
     (["generate", "--backend", "trtion"], ["invalid choice: 'trtion'; did you mean triton?"]),
     (["bench", "kernel"], ["no `cull bench` command", "python -m bench.compile_bench"]),
