@@ -472,3 +472,22 @@ def test_smollm2_finetune_runs_and_loads(tmp_path):
     finetune(model, tok, rules, prompts, tmp_path, cfg, progress=False, base_path=base, say=lambda m: None)
     tuned = AutoModelForCausalLM.from_pretrained(tmp_path)
     assert tuned.config.vocab_size == model.config.vocab_size
+
+
+def test_ban_events_bench_on_stories(tmp_path):
+    """bench/finetune_ban_events.py counts ban events for both models and writes its JSON: the same
+    model twice gives the same count (greedy), hence a fall of 0."""
+    import sys
+    from pathlib import Path
+
+    path = need_data("models", "stories260K")
+    sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
+    from bench.finetune_ban_events import main
+
+    (tmp_path / "p.txt").write_text(PHRASE + "\n")
+    (tmp_path / "prompts.json").write_text('["", "Once"]')
+    row = main(["--model", str(path), "--base", str(path), "--phrases", str(tmp_path / "p.txt"), "--prompts",
+                str(tmp_path / "prompts.json"), "--max-new-tokens", "12", "--threads", "1", "--out-dir", str(tmp_path)])
+    assert row["base_ban_events_per_1k_tokens"] > 0  # the base reaches for the phrase from an empty prompt
+    assert row["tuned_ban_events_per_1k_tokens"] == row["base_ban_events_per_1k_tokens"] and row["fall_pct"] == 0
+    assert list(tmp_path.glob("finetune-ban-events-*.json"))
