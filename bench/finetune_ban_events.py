@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import argparse
 import sys
-import types
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
@@ -42,7 +41,7 @@ def main(argv=None):
     rates = {}
     for name, path in (("base", args.base), ("tuned", args.model)):
         model, tok = load_model(path, threads=args.threads)
-        rates[name] = processor_events(model, tok, rules, prompts, types.SimpleNamespace(**vars(args)))
+        rates[name] = processor_events(model, tok, rules, prompts, args)
         print(f"{name}: {rates[name]:.2f} ban events per 1,000 tokens", flush=True)
     fall = 1 - rates["tuned"] / rates["base"] if rates["base"] else float("nan")
     print(f"fall: {100 * fall:.1f}%")

@@ -83,14 +83,15 @@ def option_strings(parser: argparse.ArgumentParser) -> list[str]:
 
 
 def reject_options_before_command(parser: ArgumentParser, argv: list[str]) -> None:
-    """Exit when a command's option comes before the command (`cull --phrases x generate`): parsed
-    as it stands, its value would be taken for the command."""
-    first = argv[0].split("=", 1)[0] if argv else ""
-    if not first.startswith("-") or first in option_strings(parser):
+    """Exit when a command's option comes before the command (`cull --quiet scan`, `cull --phrases x
+    generate`: parsed as it stands, the option's value would be taken for the command)."""
+    command = next((a for a in argv if a in parser.commands), None)
+    if command is None:
         return
-    command = next((a for a in argv[1:] if a in parser.commands), None)
-    if command is not None and first in option_strings(parser.commands[command]):
-        parser.commands[command].exit_with(f"{first} goes after the command: `cull {command} {first} ...`")
+    top, own = option_strings(parser), option_strings(parser.commands[command])
+    for word in (a.split("=", 1)[0] for a in argv[:argv.index(command)]):
+        if word.startswith("-") and word not in top and word in own:
+            parser.commands[command].exit_with(f"{word} goes after the command: `cull {command} {word} ...`")
 
 
 def reject_unknown(parser: ArgumentParser, command_parser, extras: list[str]) -> None:
@@ -99,8 +100,6 @@ def reject_unknown(parser: ArgumentParser, command_parser, extras: list[str]) ->
     options = [a for a in extras if a.startswith("-") and a != "-"]
     if options:
         word = options[0].split("=", 1)[0]
-        if command_parser is not None and word in option_strings(command_parser):  # given before the command
-            target.exit_with(f"{word} goes after the command: `{target.prog} {word} ...`")
         known = option_strings(target) + (option_strings(parser) if target is not parser else [])
         target.exit_with(f"unrecognized argument {word}{did_you_mean(word, known)} (see `{target.prog} --help`)")
     target.exit_with(f"unexpected argument {extras[0]!r} (see `{target.prog} --help`)")
