@@ -60,6 +60,9 @@ def add_parser(subparsers):
                    help="weight of the logit tether at the hit contexts")
     g.add_argument("--w-kl", type=float, default=30.0, metavar="W",
                    help="weight of the dense KL retain on clean samples")
+    g.add_argument("--retain-target", choices=("processor", "base"), default="base",
+                   help="the retain KL's target at clean positions: the base as cull's processor leaves it (the "
+                        "tokens that would complete a phrase get no mass), or the plain base (default: base)")
     g.add_argument("--beta", type=float, default=1.0, metavar="B",
                    help="sharpness of the preference term: softplus(beta * (margin - logit gap))")
     g.add_argument("--margin", type=float, default=2.0, metavar="M",
@@ -94,7 +97,8 @@ def config_from_args(args):
         steps=args.steps, lr=args.lr, batch_size=args.batch_size, retain_batch_size=args.retain_batch_size,
         full=args.full, lora_r=args.lora_r, lora_alpha=args.lora_alpha,
         lora_targets=tuple(args.lora_targets.split(",")) if args.lora_targets else None,
-        weights=LossWeights(args.w_pref, args.w_ul, args.w_kl, args.beta, args.margin, tether=args.w_tether),
+        weights=LossWeights(args.w_pref, args.w_ul, args.w_kl, args.beta, args.margin, tether=args.w_tether,
+                            retain_under_processor=args.retain_target == "processor"),
         seed=args.seed, rounds=args.rounds, method=args.method, dtype=args.dtype, warmup=args.warmup,
         eval_every=args.eval_every, val_samples=args.val_samples, max_ppl_rise=args.max_ppl_rise,
         checkpoint_every=args.checkpoint_every, adapter_only=args.adapter_only, n_samples=args.n_samples,

@@ -12,7 +12,8 @@
    alternative + a short greedy continuation and running the matcher on it). The reference model's
    full logits at the context are kept for the tether.
 5. Keep at most `max_per_pair` examples per (phrase, rejected token), and never the same context twice.
-6. A retain set: every generated position of the hit-free samples, with the reference's top-K
+6. A retain set: every generated position of the hit-free samples (or, with the retain target
+   "processor", of samples drawn with cull's processor on), with the reference's top-K
    log-probabilities there (dense retain).
 7. A validation split: the examples and clean samples of a held-out share of the prompts.
 
@@ -129,13 +130,16 @@ def build_data(model, tok, rules: PhraseSet, prompts: list[str], *, n_samples: i
                retain_top: int = 64, batch_size: int = 16, chat: bool | None = None, progress: bool = True,
                gens: list[Generation] | None = None, max_examples: int | None = None, reference=None,
                commit_prob: float = 0.5, val_fraction: float = 0.15, keep_tether: bool = True,
-               with_retain: bool = True) -> FinetuneData:
+               with_retain: bool = True, retain_processor=None) -> FinetuneData:
     """Sample `model` and turn its hits into preference examples and its clean text into a retain
     set (see the module docstring). `reference` (default: `model`) gives the tether logits and the
     retain distributions: later rounds sample the tuned model but stay tied to the original base.
     `retain_per_gen` > 0 keeps that many random positions per clean sample instead of all of them;
-    `with_retain=False` builds no retain set (later rounds keep the first one). Raises a CullError
-    when there are no hits."""
+    `with_retain=False` builds no retain set (later rounds keep the first one). With
+    `retain_processor` (cull's processor for `rules`), the retain set is a second batch of samples of
+    the reference with that processor on, instead of the hit-free samples: every context where the
+    processor had to step in is then in it (`cull.finetune.banned`). Raises a CullError when there
+    are no hits."""
     from cull.finetune.examples import build_retain, find_chosen, sample_token_logp
 
     reference = model if reference is None else reference
@@ -177,7 +181,15 @@ def build_data(model, tok, rules: PhraseSet, prompts: list[str], *, n_samples: i
     examples = find_chosen(model, tok, rules, found, top_k=top_k, min_prob=min_prob, max_chosen=max_chosen,
                            lookahead=lookahead, batch_size=batch_size * 2, progress=progress,
                            reference=reference if keep_tether else None)
-    clean = [g for g in gens if not spans[id(g)] and g.gen_ids] if with_retain else []
+    if not with_retain:
+        clean = []
+    elif retain_processor is not None:
+        clean = [g for g in generate(reference, tok, prompts, n_samples=n_samples, temperature=temperature,
+                                     max_new_tokens=max_new_tokens, seed=seed, batch_size=batch_size, chat=chat,
+                                     processor=retain_processor, progress=progress,
+                                     desc="sampling with the processor on") if g.gen_ids]
+    else:
+        clean = [g for g in gens if not spans[id(g)] and g.gen_ids]
     retain = build_retain(reference, tok, clean, per_gen=retain_per_gen, top=retain_top, rng=rng, progress=progress,
                           batch_size=max(1, batch_size // 2))
     val = split_prompts(len(prompts), val_fraction, seed)

@@ -15,7 +15,10 @@ acceptable alternatives:
 and on the model's own clean samples (the retain set):
 
 - `retain_kl`: KL(reference || model) at every clean position, over the reference's top-K tokens
-  plus one bucket for the rest of the vocabulary, so only K numbers per position need storing;
+  plus one bucket for the rest of the vocabulary, so only K numbers per position need storing. With
+  a `banned` mask (`retain_under_processor`), the target is the reference as cull's processor leaves
+  it: the banned tokens get no mass, the rest is renormalised, and the model's banned mass is in no
+  bucket, so each banned logit feels a gradient equal to its probability;
 - `mle_loss`: the mean negative log-likelihood of the tokens (the UL+MLE and NAT baselines).
 """
 from __future__ import annotations
@@ -37,6 +40,7 @@ class LossWeights:
     mle: float = 0.0
     clip: bool = True  # preference: stop pulling a pair once its margin is met
     gate_unlikelihood: bool = True  # unlikelihood only while the rejected token still wins
+    retain_under_processor: bool = False  # retain target: the base with the processor's bans removed
 
 
 def preference_loss(logits: torch.Tensor, rejected: torch.Tensor, chosen: torch.Tensor, chosen_mask: torch.Tensor,
@@ -104,16 +108,28 @@ def tether_loss(logits: torch.Tensor, ref_logits: torch.Tensor, rejected: torch.
     return (centred.pow(2).sum(-1) / n[:, 0]).mean()
 
 
-def retain_kl(logits: torch.Tensor, top_ids: torch.Tensor, top_logp: torch.Tensor) -> torch.Tensor:
+def retain_kl(logits: torch.Tensor, top_ids: torch.Tensor, top_logp: torch.Tensor,
+              banned: torch.Tensor | None = None) -> torch.Tensor:
     """Mean KL(base || model) per position; logits [N, V] of the model, top_ids/top_logp [N, K] of the
-    base. The base mass outside its top K is one bucket, compared with the model's mass outside them."""
+    base. The base mass outside its top K is one bucket, compared with the model's mass outside them.
+    `banned` [N, V] bool: those tokens' base mass is removed (the rest renormalised; the base's mass
+    outside its top K counts as allowed) and the model's mass on them is left out of every bucket."""
     logp = torch.log_softmax(logits.float(), -1)
     lm = logp.gather(-1, top_ids)  # [N, K]
     lb = top_logp.float()
     pb = lb.exp()
-    kl_top = (pb * (lb - lm)).sum(-1)
-    rest_b = (1 - pb.sum(-1)).clamp(min=1e-12)
-    rest_m = (1 - lm.exp().sum(-1)).clamp(min=1e-12)
+    if banned is None:
+        kl_top = (pb * (lb - lm)).sum(-1)
+        rest_b = (1 - pb.sum(-1)).clamp(min=1e-12)
+        rest_m = (1 - lm.exp().sum(-1)).clamp(min=1e-12)
+    else:
+        keep = ~banned.gather(-1, top_ids)
+        allowed = (pb * keep).sum(-1) + (1 - pb.sum(-1)).clamp(min=0)  # the base's mass the processor leaves
+        q = torch.where(keep, pb / allowed.clamp(min=1e-12)[:, None], torch.zeros_like(pb))
+        kl_top = torch.where(keep, q * (q.clamp(min=1e-30).log() - lm), torch.zeros_like(q)).sum(-1)
+        rest_b = (1 - q.sum(-1)).clamp(min=1e-12)
+        m_banned = logp.exp().masked_fill(~banned, 0.0).sum(-1)
+        rest_m = (1 - torch.where(keep, lm.exp(), torch.zeros_like(lm)).sum(-1) - m_banned).clamp(min=1e-12)
     kl_rest = rest_b * (rest_b.log() - rest_m.log())
     return (kl_top + kl_rest).mean()
 
@@ -124,7 +140,7 @@ def mle_loss(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
 
 
 def total_loss(pref_logits, rejected, chosen, chosen_mask, retain_logits, top_ids, top_logp,
-               w: LossWeights, ref_logits=None, retain_targets=None) -> tuple[torch.Tensor, dict]:
+               w: LossWeights, ref_logits=None, retain_targets=None, banned=None) -> tuple[torch.Tensor, dict]:
     """The weighted sum of the terms and each term's value (for logging)."""
     parts = {}
     anchor = pref_logits if pref_logits is not None else retain_logits
@@ -141,7 +157,7 @@ def total_loss(pref_logits, rejected, chosen, chosen_mask, retain_logits, top_id
             total = total + w.tether * parts["tether"]
     if retain_logits is not None and retain_logits.numel():
         if w.kl and top_ids is not None:
-            parts["kl"] = retain_kl(retain_logits, top_ids, top_logp)
+            parts["kl"] = retain_kl(retain_logits, top_ids, top_logp, banned if w.retain_under_processor else None)
             total = total + w.kl * parts["kl"]
         if w.mle and retain_targets is not None:
             parts["mle"] = mle_loss(retain_logits, retain_targets)

@@ -26,6 +26,7 @@ class RetainExample:
     top_ids: object = field(default_factory=list)  # [len(positions), K] reference's top-K token ids
     top_logp: object = field(default_factory=list)  # [len(positions), K] their log-probs
     prompt_index: int = -1
+    banned: object = None  # per position, the ids cull's processor bans there (cull.finetune.banned; not saved)
 
 
 @dataclass

@@ -14,6 +14,7 @@ from __future__ import annotations
 import math
 import random
 
+from cull.finetune.banned import banned_mask
 from cull.finetune.loss import LossWeights, total_loss
 
 NAT_TAG = "[Negative example: overused phrases]\n"
@@ -90,7 +91,7 @@ def step_loss(model, pref, retain, pad, w: LossWeights, device, method: str = "c
         pl, rejected, chosen, cmask = pref_logits(model, pref, pad, device)
         if w.tether and all(e.ref_logits is not None for e in pref):
             ref = torch.as_tensor(np.stack([np.asarray(e.ref_logits, dtype=np.float32) for e in pref]), device=device)
-    rl = top_ids = top_logp = targets = None
+    rl = top_ids = top_logp = targets = banned = None
     if retain and (w.kl or w.mle):
         rl, targets = retain_logits(model, [r.ids for r in retain], [r.positions for r in retain], pad, device)
         if w.kl:
@@ -98,9 +99,12 @@ def step_loss(model, pref, retain, pad, w: LossWeights, device, method: str = "c
                                       device=device)
             top_logp = torch.as_tensor(np.concatenate([np.asarray(r.top_logp, dtype=np.float32) for r in retain]),
                                        device=device)
+            if w.retain_under_processor:
+                banned = banned_mask(retain, rl.shape[0], rl.shape[1], device)
     if pl is None and rl is None:
         raise ValueError("a step needs preference examples or retain sequences")
-    return total_loss(pl, rejected, chosen, cmask, rl, top_ids, top_logp, w, ref_logits=ref, retain_targets=targets)
+    return total_loss(pl, rejected, chosen, cmask, rl, top_ids, top_logp, w, ref_logits=ref, retain_targets=targets,
+                      banned=banned)
 
 
 def nat_sequences(data, tag_ids: list[int], bos: int | None) -> list[tuple[list, int]]:
@@ -128,7 +132,9 @@ def validate(model, tok, examples, retain, pad, device, *, rules=None, prompts=N
              max_new_tokens: int = 64, seed: int = 0, chat=None, batch_size: int = 8) -> dict:
     """The early-stopping signals: on held-out preference examples, the win rate (share of chosen
     tokens whose logit beats the rejected one) and the mean p(rejected); on held-out clean samples,
-    the mean NLL per token; with `n_samples`, the phrase hits in that many samples per prompt."""
+    the mean NLL per token and, where the examples carry banned sets (`cull.finetune.banned`), the mean
+    probability of the banned tokens and the share of positions where it is >= 1% (a ban event,
+    teacher-forced); with `n_samples`, the phrase hits in that many samples per prompt."""
     import torch
 
     out = {}
@@ -146,12 +152,19 @@ def validate(model, tok, examples, retain, pad, device, *, rules=None, prompts=N
             out["p_rejected"] = sum(p_rej) / len(p_rej)
         if retain:
             nll = n = 0.0
+            mass = []
             for i in range(0, len(retain), batch_size):
                 chunk = retain[i:i + batch_size]
                 lg, tg = retain_logits(model, [r.ids for r in chunk], [r.positions for r in chunk], pad, device)
                 nll += float(torch.nn.functional.cross_entropy(lg.float(), tg, reduction="sum"))
                 n += len(tg)
+                ban = banned_mask(chunk, lg.shape[0], lg.shape[1], device)
+                if ban is not None:
+                    mass += torch.softmax(lg.float(), -1).masked_fill(~ban, 0.0).sum(-1).tolist()
             out["nll"] = nll / n if n else float("nan")
+            if mass:
+                out["banned_mass"] = sum(mass) / len(mass)
+                out["ban_rate"] = sum(m >= 0.01 for m in mass) / len(mass)
     if n_samples and prompts:
         from cull.measure.evaluate import generate
         from cull.rules.find import find

@@ -20,6 +20,7 @@ from pathlib import Path
 from cull.errors import CullError, require
 from cull.rules import as_phrase_set
 from cull.finetune.data import FinetuneData, build_data
+from cull.finetune.banned import attach_banned
 from cull.finetune.loop import TrainingLoop
 from cull.finetune.loss import LossWeights
 
@@ -184,6 +185,8 @@ def finetune(model, tok, rules, prompts, out_dir, cfg: FinetuneConfig | None = N
         f"({st['examples_with_chosen']} with acceptable alternatives, {st.get('decision_points_moved', 0)} decision "
         f"points moved past word pieces), {st['retain_positions']} retain positions")
 
+    vocab_size = model.config.vocab_size
+    _attach_banned(data, rules, tok, vocab_size)  # the retain target (an option) and a validation figure
     lr = cfg.lr or (5e-5 if cfg.full else 1e-3)
     frozen = None
     if cfg.full:
@@ -227,6 +230,8 @@ def finetune(model, tok, rules, prompts, out_dir, cfg: FinetuneConfig | None = N
             if new is None:
                 break
             rules, extra = new
+            if extra.stats.get("added_phrases"):
+                _attach_banned(data, rules, tok, vocab_size)
             data.preference += extra.preference
             data.val_preference += extra.val_preference
             data.stats.setdefault("rounds", []).append(extra.stats)
@@ -249,17 +254,29 @@ def finetune(model, tok, rules, prompts, out_dir, cfg: FinetuneConfig | None = N
     return {**summary, "model": model}
 
 
+def _attach_banned(data, rules, tok, vocab_size):
+    """What cull's processor bans at each clean position (cull.finetune.banned): the retain target with
+    `retain_under_processor`, and the banned mass the validation checks report."""
+    attach_banned(data.retain + data.val_retain, rules, tok, vocab_size)
+
+
 def _fmt(v: dict) -> str:
     return ", ".join(f"{k} {x:.4g}" if isinstance(x, float) else f"{k} {x}" for k, x in v.items()) or "(nothing to check)"
 
 
 def _build(model, tok, rules, prompts, cfg, progress, reference, gens=None, with_retain=True):
+    retain_processor = None
+    if with_retain and cfg.weights.retain_under_processor and cfg.method == "cull":
+        from cull.decode.processor import CullLogitsProcessor
+
+        retain_processor = CullLogitsProcessor(rules, tok, vocab_size=model.config.vocab_size)
     return build_data(model, tok, rules, prompts, n_samples=cfg.n_samples, temperature=cfg.temperature,
                       max_new_tokens=cfg.max_new_tokens, seed=cfg.seed, top_k=cfg.top_k,
                       max_per_pair=cfg.max_per_pair, retain_per_gen=cfg.retain_per_gen,
                       batch_size=cfg.gen_batch_size, chat=cfg.chat, progress=progress,
                       max_examples=cfg.max_examples, reference=reference, commit_prob=cfg.commit_prob,
-                      val_fraction=cfg.val_fraction, gens=gens, with_retain=with_retain)
+                      val_fraction=cfg.val_fraction, gens=gens, with_retain=with_retain,
+                      retain_processor=retain_processor)
 
 
 def _next_round_data(model, tok, rules, prompts, cfg, progress, reference, rnd, say):

@@ -73,6 +73,41 @@ def test_retain_kl_exact_when_top_k_is_everything_and_zero_at_base():
     assert retain_kl(base, top_ids2, top_logp2).abs().item() < 1e-6
 
 
+def _exact_kl_under_ban(base_logp, model_logp, banned):
+    """KL(q || model) over the full vocabulary, q = the base with the banned tokens removed and the
+    rest renormalised (the plain reference for retain_kl's banned path)."""
+    q = base_logp.exp().masked_fill(banned, 0.0)
+    q = q / q.sum(-1, keepdim=True)
+    return torch.where(q > 0, q * (q.clamp(min=1e-30).log() - model_logp), torch.zeros_like(q)).sum(-1).mean()
+
+
+def test_retain_kl_under_the_processor_matches_the_plain_reference():
+    gen = torch.Generator().manual_seed(1)
+    for trial in range(20):
+        n, v = 4, 9
+        base = torch.log_softmax(2 * torch.randn(n, v, generator=gen), -1)
+        logits = (2 * torch.randn(n, v, generator=gen)).requires_grad_(True)
+        banned = torch.rand(n, v, generator=gen) < 0.3
+        banned[:, 0] = False  # every row keeps some allowed mass
+        top_logp, top_ids = torch.topk(base, v, -1)
+        got = retain_kl(logits, top_ids, top_logp, banned)
+        want = _exact_kl_under_ban(base, torch.log_softmax(logits, -1), banned)
+        assert torch.allclose(got, want, atol=1e-5), (trial, got, want)
+        got.backward()
+        # each banned logit's gradient is its probability (over the mean's n rows)
+        p = torch.softmax(logits.detach(), -1)
+        assert torch.allclose(logits.grad[banned], (p / n)[banned], atol=1e-6)
+    # no banned token: the same as without a mask; truncated top-K: zero at the renormalised base
+    base = torch.log_softmax(torch.randn(3, 7, generator=gen), -1)
+    top_logp, top_ids = torch.topk(base, 3, -1)
+    none = torch.zeros(3, 7, dtype=torch.bool)
+    assert torch.allclose(retain_kl(base + 0.3, top_ids, top_logp, none), retain_kl(base + 0.3, top_ids, top_logp))
+    banned = torch.zeros(3, 7, dtype=torch.bool)
+    banned[torch.arange(3), top_ids[:, 1]] = True
+    target = torch.log_softmax(base.masked_fill(banned, float("-inf")), -1)
+    assert retain_kl(target.clamp(min=-80), top_ids, top_logp, banned).abs().item() < 1e-5
+
+
 # ---- data building ----
 @pytest.fixture(scope="module")
 def stories():
@@ -491,3 +526,52 @@ def test_ban_events_bench_on_stories(tmp_path):
     assert row["base_ban_events_per_1k_tokens"] > 0  # the base reaches for the phrase from an empty prompt
     assert row["tuned_ban_events_per_1k_tokens"] == row["base_ban_events_per_1k_tokens"] and row["fall_pct"] == 0
     assert list(tmp_path.glob("finetune-ban-events-*.json"))
+
+
+def test_banned_sets_follow_the_processor_position_by_position(stories):
+    """At each retain position the set is what the processor bans for the token there: a clean
+    sample's own tokens are never in it; in a text with the phrase, the token that completes it is."""
+    from cull.finetune.banned import attach_banned, banned_mask
+    from cull.finetune.records import RetainExample
+
+    _, model, tok = stories
+    rules = cull.PhraseSet([PHRASE])
+    bos = [tok.bos_token_id]
+    clean = bos + tok("One day, a little girl went to the park. Once more she ran.", add_special_tokens=False)["input_ids"]
+    hit = bos + tok("The sun was up. Once upon a time, there was a cat.", add_special_tokens=False)["input_ids"]
+    ex = [RetainExample(ids, list(range(1, len(ids)))) for ids in (clean, hit)]
+    v = model.config.vocab_size
+    n = attach_banned(ex, rules, tok, v)
+    assert n > 0 and all(len(r.banned) == len(r.positions) for r in ex)
+    assert all(ids[p] not in b for p, b in zip(ex[0].positions, ex[0].banned) for ids in [clean])
+    completing = [p for p, b in zip(ex[1].positions, ex[1].banned) if hit[p] in b]
+    assert len(completing) == 1
+    text = tok.decode(hit[1:completing[0] + 1], skip_special_tokens=True)
+    assert text.lower().endswith("time") and not cull.find(tok.decode(hit[1:completing[0]]), rules)
+    # the mask rows follow retain_logits' order (example by example, position by position)
+    mask = banned_mask(ex, sum(len(r.positions) for r in ex), v, "cpu")
+    k = len(ex[0].positions) + ex[1].positions.index(completing[0])
+    assert mask[k, hit[completing[0]]] and mask.sum() == sum(len(b) for r in ex for b in r.banned)
+
+
+def test_retain_set_sampled_with_the_processor_on(stories):
+    """With a retain processor, every sample of the base with the processor on joins the retain set
+    (none has a hit, so none is dropped), while the preference examples still come from the samples
+    with it off; where a sample reached "Once upon a", the banned set there holds " time"."""
+    from cull.finetune import build_data
+    from cull.finetune.banned import attach_banned
+
+    _, model, tok = stories
+    rules = cull.PhraseSet([PHRASE])
+    proc = cull.CullLogitsProcessor(rules, tok, vocab_size=model.config.vocab_size)
+    plain = build_data(model, tok, rules, [""], n_samples=16, max_new_tokens=10, seed=0, progress=False)
+    data = build_data(model, tok, rules, [""], n_samples=16, max_new_tokens=10, seed=0, progress=False,
+                      retain_processor=proc)
+    assert [e.context for e in data.preference] == [e.context for e in plain.preference]
+    assert len(plain.retain) < 16 and len(data.retain) == 16  # the base writes the phrase in most samples
+    assert all(not cull.find(tok.decode(r.ids, skip_special_tokens=True), rules) for r in data.retain)
+    attach_banned(data.retain, rules, tok, model.config.vocab_size)
+    assert all(r.ids[p] not in b for r in data.retain for p, b in zip(r.positions, r.banned))
+    time = tok.convert_tokens_to_ids("\u2581time")
+    reached = [r for r in data.retain if tok.decode(r.ids[1:4]) == "Once upon a"]
+    assert len(reached) >= 4 and all(r.banned[3] == (time,) for r in reached)

@@ -1,0 +1,66 @@
+"""Which tokens cull's processor would ban at every position of the clean samples.
+
+The retain set keeps the tuned model's distribution at every clean position close to the base's.
+With `LossWeights.retain_under_processor`, the target there is the base *as cull's processor would
+leave it*: the tokens the processor sets to -inf at that position (those that would complete a banned
+phrase) get no target mass, and the rest is renormalised. The phrases then lose probability in every
+context where the base gave them some, not only at the few hundred hit contexts of the preference
+examples; this is what a ban event (`cull.measure.generate.BanCounter`) counts.
+
+The sets come from the processor itself, run over each sequence as generation would run it, so they
+follow the matcher's semantics exactly (case, word boundaries, tokenizations).
+"""
+from __future__ import annotations
+
+
+def banned_per_position(processor, ids: list[int], positions: list[int], vocab_size: int) -> list[tuple]:
+    """For each index p in `positions` (ascending, all after the prompt), the ids the processor bans
+    as the token at p given ids[:p]. Equal sets share one tuple. The processor is reset first: the
+    tokens before positions[0] are its prompt."""
+    import torch
+
+    processor.reset()
+    zeros = torch.zeros(1, vocab_size)
+    seq = torch.as_tensor(ids, dtype=torch.long)[None]
+    shared: dict[tuple, tuple] = {}
+    out = []
+    for p in positions:
+        row = processor(seq[:, :p], zeros)[0]
+        ban = tuple(torch.isinf(row).nonzero()[:, 0].tolist())
+        out.append(shared.setdefault(ban, ban))
+    return out
+
+
+def attach_banned(retain: list, rules, tok, vocab_size: int) -> int:
+    """Set `banned` (one tuple of ids per position) on every retain example; returns the number of
+    positions where at least one token is banned."""
+    from cull.decode.processor import CullLogitsProcessor
+
+    proc = CullLogitsProcessor(rules, tok, vocab_size=vocab_size, backend="torch", device_state=False)
+    n = 0
+    for r in retain:
+        r.banned = banned_per_position(proc, r.ids, r.positions, vocab_size)
+        n += sum(1 for b in r.banned if b)
+    return n
+
+
+def banned_mask(retain: list, n_rows: int, vocab_size: int, device):
+    """[n_rows, V] bool: row k (the k-th retained position, in `retain_logits` order) marks the banned
+    ids there; None when no example has banned sets."""
+    import torch
+
+    if not any(getattr(r, "banned", None) for r in retain):
+        return None
+    rows, cols = [], []
+    k = 0
+    for r in retain:
+        for ban in (r.banned or [()] * len(r.positions)):
+            rows += [k] * len(ban)
+            cols += ban
+            k += 1
+    if k != n_rows:
+        raise ValueError(f"banned sets cover {k} positions, the logits {n_rows}")
+    mask = torch.zeros(n_rows, vocab_size, dtype=torch.bool, device=device)
+    if rows:
+        mask[torch.tensor(rows, device=device), torch.tensor(cols, device=device)] = True
+    return mask
