@@ -19,6 +19,8 @@ and on the model's own clean samples (the retain set):
   a `banned` mask (`retain_under_processor`), the target is the reference as cull's processor leaves
   it: the banned tokens get no mass, the rest is renormalised, and the model's banned mass is in no
   bucket, so each banned logit feels a gradient equal to its probability;
+- `banned_mass_loss`: -log(1 - m) per retain position, m the model's mass on the tokens the processor
+  bans there: an unlikelihood on every context of the processor-on samples, not only the hit ones;
 - `mle_loss`: the mean negative log-likelihood of the tokens (the UL+MLE and NAT baselines).
 """
 from __future__ import annotations
@@ -41,6 +43,7 @@ class LossWeights:
     clip: bool = True  # preference: stop pulling a pair once its margin is met
     gate_unlikelihood: bool = True  # unlikelihood only while the rejected token still wins
     retain_under_processor: bool = False  # retain target: the base with the processor's bans removed
+    ban: float = 0.0  # dense unlikelihood on the banned mass at every retain position (needs the above)
 
 
 def preference_loss(logits: torch.Tensor, rejected: torch.Tensor, chosen: torch.Tensor, chosen_mask: torch.Tensor,
@@ -134,6 +137,14 @@ def retain_kl(logits: torch.Tensor, top_ids: torch.Tensor, top_logp: torch.Tenso
     return (kl_top + kl_rest).mean()
 
 
+def banned_mass_loss(logits: torch.Tensor, banned: torch.Tensor) -> torch.Tensor:
+    """Mean over positions of -log(1 - m), m the model's probability of the tokens cull's processor
+    bans there (`banned` [N, V] bool); computed as logsumexp(allowed) - logsumexp(all), stably."""
+    z = logits.float()
+    ban = banned & ~banned.all(-1, keepdim=True)  # a row with every token banned has nowhere to move: 0
+    return (torch.logsumexp(z, -1) - torch.logsumexp(z.masked_fill(ban, float("-inf")), -1)).mean()
+
+
 def mle_loss(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
     """Mean negative log-likelihood of `targets` [N] under logits [N, V]."""
     return F.cross_entropy(logits.float(), targets)
@@ -159,6 +170,9 @@ def total_loss(pref_logits, rejected, chosen, chosen_mask, retain_logits, top_id
         if w.kl and top_ids is not None:
             parts["kl"] = retain_kl(retain_logits, top_ids, top_logp, banned if w.retain_under_processor else None)
             total = total + w.kl * parts["kl"]
+        if w.ban and w.retain_under_processor and banned is not None:
+            parts["ban"] = banned_mass_loss(retain_logits, banned)
+            total = total + w.ban * parts["ban"]
         if w.mle and retain_targets is not None:
             parts["mle"] = mle_loss(retain_logits, retain_targets)
             total = total + w.mle * parts["mle"]

@@ -92,15 +92,15 @@ def step_loss(model, pref, retain, pad, w: LossWeights, device, method: str = "c
         if w.tether and all(e.ref_logits is not None for e in pref):
             ref = torch.as_tensor(np.stack([np.asarray(e.ref_logits, dtype=np.float32) for e in pref]), device=device)
     rl = top_ids = top_logp = targets = banned = None
-    if retain and (w.kl or w.mle):
+    if retain and (w.kl or w.mle or w.ban):
         rl, targets = retain_logits(model, [r.ids for r in retain], [r.positions for r in retain], pad, device)
         if w.kl:
             top_ids = torch.as_tensor(np.concatenate([np.asarray(r.top_ids, dtype=np.int64) for r in retain]),
                                       device=device)
             top_logp = torch.as_tensor(np.concatenate([np.asarray(r.top_logp, dtype=np.float32) for r in retain]),
                                        device=device)
-            if w.retain_under_processor:
-                banned = banned_mask(retain, rl.shape[0], rl.shape[1], device)
+        if w.retain_under_processor:
+            banned = banned_mask(retain, rl.shape[0], rl.shape[1], device)
     if pl is None and rl is None:
         raise ValueError("a step needs preference examples or retain sequences")
     return total_loss(pl, rejected, chosen, cmask, rl, top_ids, top_logp, w, ref_logits=ref, retain_targets=targets,

@@ -10,7 +10,8 @@ import cull
 from conftest import need_data
 from cull.errors import CullError
 from cull.finetune.data import char_ends, hits_in, token_at_char
-from cull.finetune.loss import LossWeights, log1m_prob, preference_loss, retain_kl, unlikelihood_loss
+from cull.finetune.loss import (LossWeights, banned_mass_loss, log1m_prob, preference_loss, retain_kl,
+                                unlikelihood_loss)
 
 PHRASE = "Once upon a time"
 
@@ -106,6 +107,21 @@ def test_retain_kl_under_the_processor_matches_the_plain_reference():
     banned[torch.arange(3), top_ids[:, 1]] = True
     target = torch.log_softmax(base.masked_fill(banned, float("-inf")), -1)
     assert retain_kl(target.clamp(min=-80), top_ids, top_logp, banned).abs().item() < 1e-5
+
+
+def test_banned_mass_loss_is_minus_log_allowed_mass():
+    gen = torch.Generator().manual_seed(2)
+    logits = (3 * torch.randn(5, 8, generator=gen)).requires_grad_(True)
+    banned = torch.rand(5, 8, generator=gen) < 0.4
+    banned[0] = True  # every token banned: nowhere to move, adds 0
+    banned[1] = False
+    p = torch.softmax(logits.detach(), -1)
+    m = (p * banned).sum(-1)
+    want = torch.where(banned.all(-1), torch.zeros(5), -torch.log1p(-m.clamp(max=1 - 1e-7))).mean()
+    got = banned_mass_loss(logits, banned)
+    assert torch.isfinite(got) and torch.allclose(got, want, atol=1e-5)
+    got.backward()
+    assert torch.isfinite(logits.grad).all() and (logits.grad[banned & ~banned.all(-1, keepdim=True)] > 0).all()
 
 
 # ---- data building ----
