@@ -22,6 +22,7 @@ from cull.rules import as_phrase_set
 from cull.finetune.data import FinetuneData, build_data
 from cull.finetune.banned import attach_banned
 from cull.finetune.loop import TrainingLoop
+from cull.finetune.phrase_rows import PhraseRows, context_free_tokens, find_rows, rows_off
 from cull.finetune.loss import LossWeights
 
 LORA_TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj",
@@ -66,6 +67,7 @@ class FinetuneConfig:
     top_k: int = 8
     max_per_pair: int = 8
     retain_per_gen: int = 0  # 0: every position of every clean sample (dense retain)
+    phrase_rows: bool = False  # also train the output rows of context-free phrase tokens (cull.finetune.phrase_rows)
     max_examples: int | None = None
     commit_prob: float = 0.5
     chat: bool | None = None
@@ -126,13 +128,13 @@ class _Reference:
     def __call__(self, *args, **kwargs):
         if self.frozen is not None:
             return self.frozen(*args, **kwargs)
-        with self.model.disable_adapter():
+        with self.model.disable_adapter(), rows_off(self.model):
             return self.model(*args, **kwargs)
 
     def generate(self, *args, **kwargs):
         if self.frozen is not None:
             return self.frozen.generate(*args, **kwargs)
-        with self.model.disable_adapter():
+        with self.model.disable_adapter(), rows_off(self.model):
             return self.model.generate(*args, **kwargs)
 
 
@@ -187,6 +189,13 @@ def finetune(model, tok, rules, prompts, out_dir, cfg: FinetuneConfig | None = N
 
     vocab_size = model.config.vocab_size
     _attach_banned(data, rules, tok, vocab_size)  # the retain target (an option) and a validation figure
+    rows = None
+    if cfg.phrase_rows and not cfg.full and not cfg.adapter_only:  # a full fine-tune trains every row anyway
+        ids = context_free_tokens(data.retain)
+        if ids:
+            rows = PhraseRows(model, ids)
+            say(f"Training the output rows of {len(ids)} tokens banned in every context: "
+                f"{', '.join(tok.convert_ids_to_tokens(ids[:12]))}{' ...' if len(ids) > 12 else ''}")
     lr = cfg.lr or (5e-5 if cfg.full else 1e-3)
     frozen = None
     if cfg.full:
@@ -202,6 +211,8 @@ def finetune(model, tok, rules, prompts, out_dir, cfg: FinetuneConfig | None = N
         targets = lora_target_modules(model, cfg.lora_targets)
         model = get_peft_model(model, LoraConfig(r=cfg.lora_r, lora_alpha=cfg.lora_alpha, lora_dropout=0.0,
                                                  target_modules=targets, task_type="CAUSAL_LM"))
+        if rows is not None:
+            rows.delta.requires_grad_(True)  # peft froze every parameter it did not add
     params = [p for p in model.parameters() if p.requires_grad]
     opt = torch.optim.AdamW(params, lr=lr, weight_decay=0.0)
     model, opt = acc.prepare(model, opt)
@@ -321,6 +332,9 @@ def save_model(model, tok, out: Path, *, full: bool, adapter_only: bool, base_pa
         tok.save_pretrained(out)
         return "adapter", model
     merged = model if full else model.merge_and_unload()
+    rows = find_rows(merged)
+    if rows is not None:
+        rows.merge_into(merged)
     if hasattr(merged.config, "quantization_config"):  # loaded from a GGUF: save it as a plain model
         del merged.config.quantization_config
     if dtype == "bf16":

@@ -1,4 +1,5 @@
 """cull finetune: the loss terms, the data building, and the CI-scale acceptance run on stories260K."""
+import copy
 import json
 import math
 import time
@@ -591,3 +592,60 @@ def test_retain_set_sampled_with_the_processor_on(stories):
     time = tok.convert_tokens_to_ids("\u2581time")
     reached = [r for r in data.retain if tok.decode(r.ids[1:4]) == "Once upon a"]
     assert len(reached) >= 4 and all(r.banned[3] == (time,) for r in reached)
+
+
+def test_phrase_rows_fold_into_an_untied_output_layer(tmp_path, stories):
+    """The row delta changes the logits of its tokens only; merged and saved, the model loads with a
+    plain from_pretrained and gives the same logits, its input embeddings untouched."""
+    import copy
+
+    from transformers import AutoModelForCausalLM
+
+    from cull.finetune.phrase_rows import PhraseRows, find_rows, rows_off
+
+    _, model, _ = stories
+    m = copy.deepcopy(model)
+    ids = torch.randint(0, m.config.vocab_size, (2, 9), generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        plain = m(ids).logits
+    rows = PhraseRows(m, [3, 40, 41])
+    assert find_rows(m) is rows and any(p is rows.delta for p in m.parameters())
+    with torch.no_grad():
+        rows.delta.normal_(generator=torch.Generator().manual_seed(1))
+        hooked = m(ids).logits
+        with rows_off(m):
+            assert torch.equal(m(ids).logits, plain)
+    others = torch.ones(m.config.vocab_size, dtype=torch.bool)
+    others[[3, 40, 41]] = False
+    assert torch.equal(hooked[..., others], plain[..., others]) and not torch.allclose(hooked[..., 40], plain[..., 40])
+    embed = m.get_input_embeddings().weight.detach().clone()
+    rows.merge_into(m)
+    assert find_rows(m) is None and not any("cull_row_delta" in n for n, _ in m.named_parameters())
+    m.save_pretrained(tmp_path)
+    loaded = AutoModelForCausalLM.from_pretrained(tmp_path).eval()
+    assert loaded.config.tie_word_embeddings is False
+    assert torch.equal(loaded.get_input_embeddings().weight, embed)
+    with torch.no_grad():
+        assert torch.allclose(loaded(ids).logits, hooked, atol=1e-5)
+
+
+def test_finetune_with_phrase_rows_trains_and_saves_them(tmp_path, stories):
+    """A word the processor bans in every context gets trainable rows; the saved model is the tuned one."""
+    from transformers import AutoModelForCausalLM
+
+    from cull.finetune import FinetuneConfig, finetune
+
+    _, model, tok = stories
+    cfg = FinetuneConfig(steps=6, lr=5e-3, n_samples=16, max_new_tokens=16, checkpoint_every=0, eval_every=0,
+                         phrase_rows=True, weights=LossWeights(retain_under_processor=True, ban=10.0))
+    said = []
+    s = finetune(copy.deepcopy(model), tok, ["little"], [""], tmp_path, cfg, progress=False, say=said.append)
+    assert any("output rows of" in m for m in said), said
+    tuned = AutoModelForCausalLM.from_pretrained(tmp_path).eval()
+    little = tok.convert_tokens_to_ids("\u2581little")
+    ids = torch.tensor([[tok.bos_token_id] + tok("Once upon a time there was a", add_special_tokens=False)["input_ids"]])
+    with torch.no_grad():
+        p_base = torch.softmax(model(ids).logits[0, -1], -1)[little]
+        p_tuned = torch.softmax(tuned(ids).logits[0, -1], -1)[little]
+        assert torch.allclose(tuned(ids).logits, s["model"](ids).logits, atol=1e-5)
+    assert p_tuned < 0.5 * p_base, (float(p_base), float(p_tuned))
