@@ -10,9 +10,11 @@ def add_parser(subparsers):
     p = subparsers.add_parser(
         "finetune", help="fine-tune a model so that it stops writing the phrases",
         description="Sample the model on the prompts, turn every phrase hit into a preference example "
-                    "(the token that started the phrase vs the model's own clean alternatives), and train "
-                    "LoRA (or the full model) with a preference + unlikelihood + KL-to-base loss. Runs under "
-                    "accelerate: `accelerate launch -m cull finetune ...` uses every GPU.")
+                    "(the token that started the phrase vs the model's own clean alternatives), sample it again "
+                    "with cull's processor on, and train LoRA (or the full model) so that it prefers the clean "
+                    "alternatives and, on the processor-on samples, matches the base as the processor leaves it "
+                    "(banned tokens get no probability). Runs under accelerate: `accelerate launch -m cull "
+                    "finetune ...` uses every GPU.")
     add_sampling_options(p, "train")
     p.add_argument("--out", required=True, metavar="DIR", help="output folder (merged model, or the adapter); required")
     p.add_argument("--full", action="store_true", help="full fine-tune instead of LoRA")
@@ -60,9 +62,15 @@ def add_parser(subparsers):
                    help="weight of the logit tether at the hit contexts")
     g.add_argument("--w-kl", type=float, default=30.0, metavar="W",
                    help="weight of the dense KL retain on clean samples")
-    g.add_argument("--retain-target", choices=("processor", "base"), default="base",
+    g.add_argument("--retain-target", choices=("processor", "base"), default="processor",
                    help="the retain KL's target at clean positions: the base as cull's processor leaves it (the "
-                        "tokens that would complete a phrase get no mass), or the plain base (default: base)")
+                        "tokens that would complete a phrase get no mass), or the plain base (default: processor)")
+    g.add_argument("--w-ban", type=float, default=None, metavar="W",
+                   help="weight of the unlikelihood on the processor-banned mass at every retain position "
+                        "(default: 300 with --retain-target processor; it needs that target)")
+    g.add_argument("--phrase-rows", choices=("on", "off"), default="on",
+                   help="also train the output rows of the tokens the processor bans in every context, so their "
+                        "logits fall everywhere (LoRA only; the saved model's output layer is untied)")
     g.add_argument("--beta", type=float, default=1.0, metavar="B",
                    help="sharpness of the preference term: softplus(beta * (margin - logit gap))")
     g.add_argument("--margin", type=float, default=2.0, metavar="M",
@@ -93,12 +101,18 @@ def config_from_args(args):
     from cull.finetune.loss import LossWeights
     from cull.finetune.train import FinetuneConfig
 
+    if args.w_ban and args.retain_target != "processor":
+        raise CullError("--w-ban acts on the processor's bans at the retain positions; it needs --retain-target "
+                        "processor (the default)")
+    w_ban = LossWeights().ban if args.w_ban is None else args.w_ban
+
     return FinetuneConfig(
         steps=args.steps, lr=args.lr, batch_size=args.batch_size, retain_batch_size=args.retain_batch_size,
         full=args.full, lora_r=args.lora_r, lora_alpha=args.lora_alpha,
         lora_targets=tuple(args.lora_targets.split(",")) if args.lora_targets else None,
         weights=LossWeights(args.w_pref, args.w_ul, args.w_kl, args.beta, args.margin, tether=args.w_tether,
-                            retain_under_processor=args.retain_target == "processor"),
+                            retain_under_processor=args.retain_target == "processor", ban=w_ban),
+        phrase_rows=args.phrase_rows == "on",
         seed=args.seed, rounds=args.rounds, method=args.method, dtype=args.dtype, warmup=args.warmup,
         eval_every=args.eval_every, val_samples=args.val_samples, max_ppl_rise=args.max_ppl_rise,
         checkpoint_every=args.checkpoint_every, adapter_only=args.adapter_only, n_samples=args.n_samples,

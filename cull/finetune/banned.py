@@ -1,11 +1,12 @@
-"""Which tokens cull's processor would ban at every position of the clean samples.
+"""Which tokens cull's processor would ban at every position of the retain samples.
 
-The retain set keeps the tuned model's distribution at every clean position close to the base's.
-With `LossWeights.retain_under_processor`, the target there is the base *as cull's processor would
-leave it*: the tokens the processor sets to -inf at that position (those that would complete a banned
-phrase) get no target mass, and the rest is renormalised. The phrases then lose probability in every
-context where the base gave them some, not only at the few hundred hit contexts of the preference
-examples; this is what a ban event (`cull.measure.generate.BanCounter`) counts.
+The retain set keeps the tuned model's distribution at every retain position close to the base's.
+With `LossWeights.retain_under_processor` the retain samples are drawn with the processor on, and the
+target there is the base *as cull's processor leaves it*: the tokens the processor sets to -inf at
+that position (those that would complete a banned phrase) get no target mass, and the rest is
+renormalised. The phrases then lose probability in every context where the base gave them some, not
+only at the few hundred hit contexts of the preference examples; such a context is what a ban event
+(`cull.measure.generate.BanCounter`) counts.
 
 The sets come from the processor itself, run over each sequence as generation would run it, so they
 follow the matcher's semantics exactly (case, word boundaries, tokenizations).

@@ -22,10 +22,10 @@ from cull.finetune.steps import NAT_TAG, batch_of, checkpoint_score, nat_sequenc
 
 def method_weights(cfg) -> LossWeights:
     """The loss weights a method uses: cull's own, or the UL+MLE baseline's (ungated unlikelihood
-    plus maximum likelihood on clean samples; no preference, tether or KL)."""
+    plus maximum likelihood on clean samples; no preference, tether, KL or banned-mass term)."""
     if cfg.method == "ul-mle":
         return LossWeights(preference=0.0, unlikelihood=1.0, kl=0.0, tether=0.0, mle=max(cfg.weights.mle, 1.0),
-                           gate_unlikelihood=False)
+                           gate_unlikelihood=False, retain_under_processor=False, ban=0.0)
     return cfg.weights
 
 

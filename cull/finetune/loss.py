@@ -42,8 +42,8 @@ class LossWeights:
     mle: float = 0.0
     clip: bool = True  # preference: stop pulling a pair once its margin is met
     gate_unlikelihood: bool = True  # unlikelihood only while the rejected token still wins
-    retain_under_processor: bool = False  # retain target: the base with the processor's bans removed
-    ban: float = 0.0  # dense unlikelihood on the banned mass at every retain position (needs the above)
+    retain_under_processor: bool = True  # retain set sampled with the processor on; target: the base under it
+    ban: float = 300.0  # unlikelihood on the banned mass at every retain position (needs the above); measured
 
 
 def preference_loss(logits: torch.Tensor, rejected: torch.Tensor, chosen: torch.Tensor, chosen_mask: torch.Tensor,

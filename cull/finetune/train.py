@@ -67,7 +67,7 @@ class FinetuneConfig:
     top_k: int = 8
     max_per_pair: int = 8
     retain_per_gen: int = 0  # 0: every position of every clean sample (dense retain)
-    phrase_rows: bool = False  # also train the output rows of context-free phrase tokens (cull.finetune.phrase_rows)
+    phrase_rows: bool = True  # also train the output rows of context-free phrase tokens (cull.finetune.phrase_rows)
     max_examples: int | None = None
     commit_prob: float = 0.5
     chat: bool | None = None
@@ -190,7 +190,10 @@ def finetune(model, tok, rules, prompts, out_dir, cfg: FinetuneConfig | None = N
     vocab_size = model.config.vocab_size
     _attach_banned(data, rules, tok, vocab_size)  # the retain target (an option) and a validation figure
     rows = None
-    if cfg.phrase_rows and not cfg.full and not cfg.adapter_only:  # a full fine-tune trains every row anyway
+    if cfg.phrase_rows and cfg.method == "cull" and cfg.adapter_only and not cfg.full:
+        say("--adapter-only: the phrase rows are not trained (a LoRA adapter cannot hold them); "
+            "pass --phrase-rows off to silence this")
+    if cfg.phrase_rows and cfg.method == "cull" and not cfg.full and not cfg.adapter_only:  # full: every row trains
         ids = context_free_tokens(data.retain)
         if ids:
             rows = PhraseRows(model, ids)
@@ -255,6 +258,7 @@ def finetune(model, tok, rules, prompts, out_dir, cfg: FinetuneConfig | None = N
     model.eval()
     summary = {"out": str(out), "data": data.stats, "train_steps": cfg.steps, "lr": lr, "data_s": data_s,
                "train_s": train_s, "log": log, "validation_base": base_val, "rounds": rounds,
+               "phrase_rows": rows.ids.tolist() if rows is not None else [],
                "config": {**asdict(cfg), "weights": asdict(cfg.weights)}}
     if acc.is_main_process:
         summary["saved"], model = save_model(model, tok, out, full=cfg.full, adapter_only=cfg.adapter_only,
@@ -266,7 +270,7 @@ def finetune(model, tok, rules, prompts, out_dir, cfg: FinetuneConfig | None = N
 
 
 def _attach_banned(data, rules, tok, vocab_size):
-    """What cull's processor bans at each clean position (cull.finetune.banned): the retain target with
+    """What cull's processor bans at each retain position (cull.finetune.banned): the retain target with
     `retain_under_processor`, and the banned mass the validation checks report."""
     attach_banned(data.retain + data.val_retain, rules, tok, vocab_size)
 

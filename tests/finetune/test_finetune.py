@@ -225,6 +225,10 @@ def test_finetune_command_errors(tmp_path, stories):
                               "--full", "--adapter-only"])
     with pytest.raises(CullError, match="adapter-only"):
         args.func(args)
+    args = parser.parse_args(["finetune", "--model", str(path), "--phrase", PHRASE, "--out", str(tmp_path / "o"),
+                              "--retain-target", "base", "--w-ban", "100"])
+    with pytest.raises(CullError, match="--retain-target processor"):
+        args.func(args)
 
 
 def test_no_hits_is_a_clear_error(stories):
@@ -459,7 +463,7 @@ def test_baselines_and_options_run_on_stories(tmp_path, method):
         tuned = AutoModelForCausalLM.from_pretrained(tmp_path).eval()
     else:
         kw = {"ul-mle": dict(method="ul-mle"), "nat": dict(method="nat"), "cull-bf16": dict(dtype="bf16"),
-              "cull-2-rounds": dict(rounds=2, steps=3, lr=2e-3, eval_every=0)}[method]
+              "cull-2-rounds": dict(rounds=2, steps=3, lr=1e-3, eval_every=0)}[method]
         cfg = FinetuneConfig(**{**dict(steps=20, lr=5e-3, n_samples=64, max_new_tokens=16, checkpoint_every=0,
                                        eval_every=10, val_samples=16), **kw})
         s = finetune(model, tok, [PHRASE], [""], tmp_path, cfg, progress=False, say=lambda m: None)
@@ -649,3 +653,26 @@ def test_finetune_with_phrase_rows_trains_and_saves_them(tmp_path, stories):
         p_tuned = torch.softmax(tuned(ids).logits[0, -1], -1)[little]
         assert torch.allclose(tuned(ids).logits, s["model"](ids).logits, atol=1e-5)
     assert p_tuned < 0.5 * p_base, (float(p_base), float(p_tuned))
+
+
+def test_resume_restores_the_phrase_rows(tmp_path, stories):
+    """Resuming from the step-3 checkpoint of a 6-step run retrains steps 3-5 and ends on the same
+    weights, phrase rows included (they are saved and restored with the LoRA weights)."""
+    from transformers import AutoModelForCausalLM
+
+    from cull.finetune import FinetuneConfig, finetune
+
+    _, model, tok = stories
+    cfg = FinetuneConfig(steps=6, lr=5e-3, n_samples=16, max_new_tokens=16, checkpoint_every=3, eval_every=0)
+    s = finetune(copy.deepcopy(model), tok, ["little"], [""], tmp_path, cfg, progress=False, say=lambda m: None,
+                 keep_checkpoints=True)
+    assert s["phrase_rows"] and (tmp_path / "checkpoints" / "step-3").is_dir()
+    ids = torch.tensor([[tok.bos_token_id] + tok("Once upon a time there was a", add_special_tokens=False)["input_ids"]])
+    with torch.no_grad():
+        first = AutoModelForCausalLM.from_pretrained(tmp_path).eval()(ids).logits
+    msgs = []
+    finetune(copy.deepcopy(model), tok, ["little"], [""], tmp_path, cfg, resume=True, progress=False, say=msgs.append)
+    assert any("step 3" in m for m in msgs), msgs
+    with torch.no_grad():
+        again = AutoModelForCausalLM.from_pretrained(tmp_path).eval()(ids).logits
+    assert torch.allclose(first, again, atol=1e-4), (first - again).abs().max()

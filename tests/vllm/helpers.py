@@ -12,8 +12,9 @@ GPT2 = DATA / "tokenizers" / "gpt2"
 VOCAB = 50257
 
 
-def tiny_llama(folder: Path) -> Path:
-    """A random 2-layer Llama (head_dim 64, as vLLM's CPU attention needs) with GPT-2's tokenizer."""
+def tiny_llama(folder: Path, tied: bool = False) -> Path:
+    """A random 2-layer Llama (head_dim 64, as vLLM's CPU attention needs) with GPT-2's tokenizer;
+    `tied`: input and output embeddings shared (as SmolLM2's are)."""
     import torch
     from transformers import LlamaConfig, LlamaForCausalLM
 
@@ -22,7 +23,7 @@ def tiny_llama(folder: Path) -> Path:
     folder.mkdir(parents=True, exist_ok=True)
     cfg = LlamaConfig(vocab_size=VOCAB, hidden_size=128, intermediate_size=256, num_hidden_layers=2,
                       num_attention_heads=2, num_key_value_heads=2, max_position_embeddings=1024,
-                      bos_token_id=50256, eos_token_id=50256, tie_word_embeddings=False)
+                      bos_token_id=50256, eos_token_id=50256, tie_word_embeddings=tied)
     torch.manual_seed(0)
     LlamaForCausalLM(cfg).save_pretrained(folder)
     for f in ("tokenizer.json", "vocab.json", "merges.txt", "tokenizer_config.json"):

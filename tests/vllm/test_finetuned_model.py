@@ -1,6 +1,7 @@
 """`cull finetune`'s merged output is a model vLLM serves: a short fine-tune of the tiny Llama writes
-a merged model, the real engine (CPU) loads it and generates, and its greedy tokens are the ones
-HF's own generate gives for the same weights."""
+a merged model (with its phrase rows folded into the output layer, untied when the base was tied),
+the real engine (CPU) loads it and generates, and its greedy tokens are the ones HF's own generate
+gives for the same weights."""
 import os
 import re
 from collections import Counter
@@ -21,7 +22,8 @@ def frequent_word(texts) -> str:
     return seen.most_common(1)[0][0]
 
 
-def test_merged_model_loads_and_generates_in_vllm(tmp_path):
+@pytest.mark.parametrize("tied", [False, True], ids=["untied", "tied"])
+def test_merged_model_loads_and_generates_in_vllm(tmp_path, tied):
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
     from vllm import LLM, SamplingParams
@@ -30,7 +32,7 @@ def test_merged_model_loads_and_generates_in_vllm(tmp_path):
     from cull.finetune import FinetuneConfig, finetune
     from cull.measure.evaluate import generate
 
-    base_dir = tiny_llama(tmp_path / "base")
+    base_dir = tiny_llama(tmp_path / "base", tied=tied)
     tok = AutoTokenizer.from_pretrained(base_dir)
     model = AutoModelForCausalLM.from_pretrained(base_dir, dtype=torch.float32)
     samples = generate(model, tok, PROMPTS, n_samples=4, max_new_tokens=24, chat=False, progress=False, seed=0)
@@ -41,9 +43,17 @@ def test_merged_model_loads_and_generates_in_vllm(tmp_path):
     summary = finetune(model, tok, cull.PhraseSet([phrase]), PROMPTS, out, cfg, progress=False,
                        base_path=str(base_dir), say=lambda m: None)
     assert summary["saved"] == "merged"
+    # the word's tokens got trainable output rows (the default); a tied model comes back untied
+    rows = summary["phrase_rows"]
+    assert rows, "the word should be banned in every context and get output rows"
     assert (out / "config.json").is_file() and not (out / "adapter_config.json").exists()
 
     tuned = AutoModelForCausalLM.from_pretrained(out, dtype=torch.float32)
+    assert tuned.config.tie_word_embeddings is False
+    head = tuned.get_output_embeddings().weight
+    base_head = AutoModelForCausalLM.from_pretrained(base_dir, dtype=torch.float32).get_output_embeddings().weight
+    others = [i for i in range(50) if i not in rows]
+    assert not torch.equal(head[rows], base_head[rows]) and torch.equal(head[others], base_head[others])
     ids = tok(PROMPTS[0], return_tensors="pt").input_ids
     hf = tuned.generate(ids, max_new_tokens=12, do_sample=False, pad_token_id=tok.eos_token_id)[0, ids.shape[1]:]
 
