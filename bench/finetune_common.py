@@ -75,7 +75,10 @@ def setup(args, say):
         data = FinetuneData.load(data_cache)
         say(f"reusing the training data in {data_cache}")
     else:
-        data = build_data(base, tok, rules, train_prompts, gens=gens, seed=args.seed, batch_size=args.gen_batch_size)
+        # the retain set `cull finetune` builds by default: samples of the base with the processor on
+        proc = cull.CullLogitsProcessor(rules, tok, vocab_size=base.get_output_embeddings().weight.shape[0])
+        data = build_data(base, tok, rules, train_prompts, gens=gens, seed=args.seed, batch_size=args.gen_batch_size,
+                          retain_processor=proc)
         data.save(data_cache)
     say(f"data: {data.stats['examples']} examples ({data.stats['examples_with_chosen']} with chosen, "
         f"{data.stats['decision_points_moved']} decision points moved), {data.stats['retain_positions']} retain positions")

@@ -87,8 +87,8 @@ def run_finetune(args) -> int:
     prompts = load_prompts(args.prompts)
     if args.adapter_only and args.full:
         raise CullError("--adapter-only goes with LoRA; a full fine-tune always saves the whole model")
+    cfg = config_from_args(args)  # option errors before the model loads
     model, tok, base = load_model_for(args, args.model)
-    cfg = config_from_args(args)
     s = finetune(model, tok, rules, prompts, args.out, cfg, resume=args.resume, progress=not args.no_progress,
                  base_path=base, say=sayer(args))
     say(f"Saved the {s['saved']} model to {args.out} (load it with from_pretrained); measure it with "
@@ -101,10 +101,15 @@ def config_from_args(args):
     from cull.finetune.loss import LossWeights
     from cull.finetune.train import FinetuneConfig
 
+    if args.w_ban is not None and not args.w_ban >= 0:
+        raise CullError(f"--w-ban must be >= 0, got {args.w_ban}")
     if args.w_ban and args.retain_target != "processor":
         raise CullError("--w-ban acts on the processor's bans at the retain positions; it needs --retain-target "
                         "processor (the default)")
-    w_ban = LossWeights().ban if args.w_ban is None else args.w_ban
+    if args.retain_target != "processor":
+        w_ban = 0.0
+    else:
+        w_ban = LossWeights().ban if args.w_ban is None else args.w_ban
 
     return FinetuneConfig(
         steps=args.steps, lr=args.lr, batch_size=args.batch_size, retain_batch_size=args.retain_batch_size,

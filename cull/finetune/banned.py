@@ -14,21 +14,30 @@ follow the matcher's semantics exactly (case, word boundaries, tokenizations).
 from __future__ import annotations
 
 
-def banned_per_position(processor, ids: list[int], positions: list[int], vocab_size: int) -> list[tuple]:
-    """For each index p in `positions` (ascending, all after the prompt), the ids the processor bans
-    as the token at p given ids[:p]. Equal sets share one tuple. The processor is reset first: the
-    tokens before positions[0] are its prompt."""
+def banned_per_position(processor, ids: list[int], positions: list[int], vocab_size: int,
+                        start: int | None = None) -> list[tuple]:
+    """For each index p in `positions` (ascending, none before `start`), the ids the processor bans
+    as the token at p given ids[:p]. The tokens before `start` (default: positions[0]) are the
+    prompt; the processor steps through every token from there, as generation would, so positions
+    may skip. Equal sets share one tuple."""
     import torch
 
+    if not positions:
+        return []
+    start = positions[0] if start is None else start
+    if positions[0] < start or any(b <= a for a, b in zip(positions, positions[1:])):
+        raise ValueError(f"positions must be ascending and from {start} on, got {positions[:5]}...")
     processor.reset()
     zeros = torch.zeros(1, vocab_size)
     seq = torch.as_tensor(ids, dtype=torch.long)[None]
+    wanted = set(positions)
     shared: dict[tuple, tuple] = {}
     out = []
-    for p in positions:
+    for p in range(start, positions[-1] + 1):
         row = processor(seq[:, :p], zeros)[0]
-        ban = tuple(torch.isinf(row).nonzero()[:, 0].tolist())
-        out.append(shared.setdefault(ban, ban))
+        if p in wanted:
+            ban = tuple(torch.isinf(row).nonzero()[:, 0].tolist())
+            out.append(shared.setdefault(ban, ban))
     return out
 
 
@@ -40,7 +49,7 @@ def attach_banned(retain: list, rules, tok, vocab_size: int) -> int:
     proc = CullLogitsProcessor(rules, tok, vocab_size=vocab_size, backend="torch", device_state=False)
     n = 0
     for r in retain:
-        r.banned = banned_per_position(proc, r.ids, r.positions, vocab_size)
+        r.banned = banned_per_position(proc, r.ids, r.positions, vocab_size, r.start)
         n += sum(1 for b in r.banned if b)
     return n
 

@@ -105,7 +105,7 @@ def build_retain(reference, tok, gens, *, per_gen: int = 0, top: int = 64, rng: 
         if per_gen > 0:
             pos = sorted(rng.sample(pos, min(per_gen, len(pos))))
         if pos:
-            todo.append((ids, pos, g.prompt_index))
+            todo.append((ids, pos, g.prompt_index, max(1, len(g.prompt_ids))))
     out = []
     device = next(reference.parameters()).device
     for b in tqdm(range(0, len(todo), batch_size), desc="retain set", disable=not progress, leave=False):
@@ -113,8 +113,8 @@ def build_retain(reference, tok, gens, *, per_gen: int = 0, top: int = 64, rng: 
         ids, mask = pad_rows([c[0] for c in chunk], pad_id(tok))
         with torch.inference_mode():
             logits = reference(ids.to(device), attention_mask=mask.to(device)).logits
-        for i, (seq, positions, pi) in enumerate(chunk):
+        for i, (seq, positions, pi, start) in enumerate(chunk):
             sel = torch.log_softmax(logits[i, torch.tensor(positions, device=device) - 1].float(), -1)
             vals, idx = torch.topk(sel, min(top, sel.shape[-1]), dim=-1)
-            out.append(RetainExample(seq, positions, idx.int().cpu().numpy(), vals.half().cpu().numpy(), pi))
+            out.append(RetainExample(seq, positions, idx.int().cpu().numpy(), vals.half().cpu().numpy(), pi, start=start))
     return out

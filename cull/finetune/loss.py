@@ -124,16 +124,22 @@ def retain_kl(logits: torch.Tensor, top_ids: torch.Tensor, top_logp: torch.Tenso
     if banned is None:
         kl_top = (pb * (lb - lm)).sum(-1)
         rest_b = (1 - pb.sum(-1)).clamp(min=1e-12)
-        rest_m = (1 - lm.exp().sum(-1)).clamp(min=1e-12)
+        log_rest_m = (1 - lm.exp().sum(-1)).clamp(min=1e-12).log()
     else:
         keep = ~banned.gather(-1, top_ids)
         allowed = (pb * keep).sum(-1) + (1 - pb.sum(-1)).clamp(min=0)  # the base's mass the processor leaves
         q = torch.where(keep, pb / allowed.clamp(min=1e-12)[:, None], torch.zeros_like(pb))
         kl_top = torch.where(keep, q * (q.clamp(min=1e-30).log() - lm), torch.zeros_like(q)).sum(-1)
         rest_b = (1 - q.sum(-1)).clamp(min=1e-12)
-        m_banned = logp.exp().masked_fill(~banned, 0.0).sum(-1)
-        rest_m = (1 - torch.where(keep, lm.exp(), torch.zeros_like(lm)).sum(-1) - m_banned).clamp(min=1e-12)
-    kl_rest = rest_b * (rest_b.log() - rest_m.log())
+        # the model's mass outside the top K and outside the banned tokens, as a logsumexp (1 - sums
+        # would cancel when the banned tokens hold nearly all of it)
+        rest = ~banned
+        rest.scatter_(-1, top_ids, False)
+        some = rest.any(-1)
+        masked = torch.where(some[:, None], logp.masked_fill(~rest, float("-inf")), torch.zeros_like(logp))
+        log_rest_m = torch.where(some, torch.logsumexp(masked, -1), torch.full_like(rest_b, -27.63))
+        log_rest_m = log_rest_m.clamp(min=-27.63)  # log(1e-12), as in the plain branch
+    kl_rest = rest_b * (rest_b.log() - log_rest_m)
     return (kl_top + kl_rest).mean()
 
 

@@ -17,6 +17,18 @@ from collections import Counter
 from contextlib import contextmanager
 
 ATTR = "cull_phrase_rows"
+# architectures whose loaders insist on tied embeddings (vLLM's Gemma models assert it): no rows there
+TIED_ONLY = {"gemma", "gemma2", "gemma3", "gemma3_text"}
+
+
+def rows_supported(model) -> str | None:
+    """None when the rows can be folded into this model's weights, else why not."""
+    kind = getattr(model.config, "model_type", "")
+    if kind in TIED_ONLY:
+        return f"{kind} models must keep their input and output embeddings tied (vLLM requires it)"
+    if model.get_output_embeddings() is None:
+        return "the model has no output embedding layer"
+    return None
 
 
 def context_free_tokens(retain: list, min_share: float = 0.5) -> list[int]:
@@ -42,8 +54,8 @@ class PhraseRows:
         head = model.get_output_embeddings()
         self.head = head
         self.ids = torch.tensor(ids, dtype=torch.long, device=head.weight.device)
-        self.delta = torch.nn.Parameter(torch.zeros(len(ids), head.weight.shape[1], device=head.weight.device,
-                                                    dtype=head.weight.dtype))
+        # fp32 whatever the model's dtype (as peft keeps LoRA weights), cast in the hook
+        self.delta = torch.nn.Parameter(torch.zeros(len(ids), head.weight.shape[1], device=head.weight.device))
         head.register_parameter(self.PARAM, self.delta)
         self.enabled = True
         self._handle = head.register_forward_hook(self._hook)
@@ -52,7 +64,7 @@ class PhraseRows:
     def _hook(self, module, inputs, out):
         if not self.enabled:
             return out
-        return out.index_add(-1, self.ids, (inputs[0] @ self.delta.t()).to(out.dtype))
+        return out.index_add(-1, self.ids, (inputs[0] @ self.delta.t().to(inputs[0].dtype)).to(out.dtype))
 
     def merge_into(self, model) -> None:
         """Fold the delta into the output layer (untied from the input embeddings first) and remove
@@ -68,9 +80,10 @@ class PhraseRows:
             weight[self.ids] += self.delta.detach().to(weight.dtype)
         if tied:
             head.weight = torch.nn.Parameter(weight, requires_grad=False)
-            for cfg in (model.config, getattr(model.config, "text_config", None)):
-                if cfg is not None and hasattr(cfg, "tie_word_embeddings"):
-                    cfg.tie_word_embeddings = False
+        # loaders that tie by the config alone (vLLM) must see the output layer as its own
+        for cfg in (model.config, getattr(model.config, "text_config", None)):
+            if cfg is not None and getattr(cfg, "tie_word_embeddings", False):
+                cfg.tie_word_embeddings = False
         model.__dict__.pop(ATTR, None)
 
 
@@ -89,8 +102,8 @@ def rows_off(model):
     if rows is None:
         yield
         return
-    rows.enabled = False
+    was, rows.enabled = rows.enabled, False
     try:
         yield
     finally:
-        rows.enabled = True
+        rows.enabled = was

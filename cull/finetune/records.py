@@ -27,6 +27,7 @@ class RetainExample:
     top_logp: object = field(default_factory=list)  # [len(positions), K] their log-probs
     prompt_index: int = -1
     banned: object = None  # per position, the ids cull's processor bans there (cull.finetune.banned; not saved)
+    start: int | None = None  # index of the first generated token (None: positions[0])
 
 
 @dataclass
@@ -54,7 +55,7 @@ class FinetuneData:
         for name in ("retain", "val_retain"):
             items = []
             for i, r in enumerate(getattr(self, name)):
-                items.append({"ids": r.ids, "positions": r.positions, "prompt_index": r.prompt_index})
+                items.append({"ids": r.ids, "positions": r.positions, "prompt_index": r.prompt_index, "start": r.start})
                 arrays[f"{name}.{i}.top_ids"] = np.asarray(r.top_ids, dtype=np.int32)
                 arrays[f"{name}.{i}.top_logp"] = np.asarray(r.top_logp, dtype=np.float16)
             doc[name] = items
@@ -76,6 +77,7 @@ class FinetuneData:
         for name in ("retain", "val_retain"):
             out[name] = [RetainExample(r["ids"], r["positions"], arrays.get(f"{name}.{i}.top_ids", r.get("top_ids", [])),
                                        arrays.get(f"{name}.{i}.top_logp", r.get("top_logp", [])),
-                                       r.get("prompt_index", -1)) for i, r in enumerate(doc.get(name, []))]
+                                       r.get("prompt_index", -1), start=r.get("start"))
+                         for i, r in enumerate(doc.get(name, []))]
         return cls(out["preference"], out["retain"], doc["stats"], doc.get("negatives", []), out["val_preference"],
                    out["val_retain"])

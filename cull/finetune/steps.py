@@ -134,7 +134,11 @@ def validate(model, tok, examples, retain, pad, device, *, rules=None, prompts=N
     tokens whose logit beats the rejected one) and the mean p(rejected); on held-out clean samples,
     the mean NLL per token and, where the examples carry banned sets (`cull.finetune.banned`), the mean
     probability of the banned tokens and the share of positions where it is >= 1% (a ban event,
-    teacher-forced); with `n_samples`, the phrase hits in that many samples per prompt."""
+    teacher-forced); with `n_samples`, the phrase hits in that many samples per prompt.
+
+    With banned sets, the NLL leaves out the positions where the base gave the banned tokens >= 1%:
+    there the processor chose the sample's token and the tuned model is trained toward it, so its NLL
+    would fall by construction and hide damage elsewhere."""
     import torch
 
     out = {}
@@ -156,11 +160,13 @@ def validate(model, tok, examples, retain, pad, device, *, rules=None, prompts=N
             for i in range(0, len(retain), batch_size):
                 chunk = retain[i:i + batch_size]
                 lg, tg = retain_logits(model, [r.ids for r in chunk], [r.positions for r in chunk], pad, device)
-                nll += float(torch.nn.functional.cross_entropy(lg.float(), tg, reduction="sum"))
-                n += len(tg)
+                per = torch.nn.functional.cross_entropy(lg.float(), tg, reduction="none")
                 ban = banned_mask(chunk, lg.shape[0], lg.shape[1], device)
                 if ban is not None:
                     mass += torch.softmax(lg.float(), -1).masked_fill(~ban, 0.0).sum(-1).tolist()
+                    per = per[_base_banned_mass(chunk, ban, device) < 0.01]
+                nll += float(per.sum())
+                n += len(per)
             out["nll"] = nll / n if n else float("nan")
             if mass:
                 out["banned_mass"] = sum(mass) / len(mass)
@@ -174,6 +180,17 @@ def validate(model, tok, examples, retain, pad, device, *, rules=None, prompts=N
         out["hits"] = sum(len(find(g.text, rules)) for g in gens)
         out["samples"] = len(gens)
     return out
+
+
+def _base_banned_mass(chunk, ban, device):
+    """Per retained position of `chunk`, the base's probability (from its stored top K) of the
+    tokens banned there."""
+    import numpy as np
+    import torch
+
+    top_ids = torch.as_tensor(np.concatenate([np.asarray(r.top_ids, dtype=np.int64) for r in chunk]), device=device)
+    top_p = torch.as_tensor(np.concatenate([np.asarray(r.top_logp, dtype=np.float32) for r in chunk]), device=device).exp()
+    return (top_p * ban.gather(-1, top_ids)).sum(-1)
 
 
 def checkpoint_score(v: dict, base_nll: float, max_ppl_rise: float) -> tuple:

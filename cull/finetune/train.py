@@ -22,7 +22,7 @@ from cull.rules import as_phrase_set
 from cull.finetune.data import FinetuneData, build_data
 from cull.finetune.banned import attach_banned
 from cull.finetune.loop import TrainingLoop
-from cull.finetune.phrase_rows import PhraseRows, context_free_tokens, find_rows, rows_off
+from cull.finetune.phrase_rows import PhraseRows, context_free_tokens, find_rows, rows_off, rows_supported
 from cull.finetune.loss import LossWeights
 
 LORA_TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj",
@@ -187,13 +187,13 @@ def finetune(model, tok, rules, prompts, out_dir, cfg: FinetuneConfig | None = N
         f"({st['examples_with_chosen']} with acceptable alternatives, {st.get('decision_points_moved', 0)} decision "
         f"points moved past word pieces), {st['retain_positions']} retain positions")
 
-    vocab_size = model.config.vocab_size
+    vocab_size = logits_width(model)
     _attach_banned(data, rules, tok, vocab_size)  # the retain target (an option) and a validation figure
     rows = None
-    if cfg.phrase_rows and cfg.method == "cull" and cfg.adapter_only and not cfg.full:
-        say("--adapter-only: the phrase rows are not trained (a LoRA adapter cannot hold them); "
-            "pass --phrase-rows off to silence this")
-    if cfg.phrase_rows and cfg.method == "cull" and not cfg.full and not cfg.adapter_only:  # full: every row trains
+    no_rows = "--adapter-only: a LoRA adapter cannot hold them" if cfg.adapter_only else rows_supported(model)
+    if cfg.phrase_rows and cfg.method == "cull" and not cfg.full and no_rows:
+        say(f"The phrase rows are not trained ({no_rows}); pass --phrase-rows off to silence this")
+    elif cfg.phrase_rows and cfg.method == "cull" and not cfg.full:  # full: every row trains anyway
         ids = context_free_tokens(data.retain)
         if ids:
             rows = PhraseRows(model, ids)
@@ -269,6 +269,12 @@ def finetune(model, tok, rules, prompts, out_dir, cfg: FinetuneConfig | None = N
     return {**summary, "model": model}
 
 
+def logits_width(model) -> int:
+    """The model's logits width (the output layer's rows; multimodal configs have no vocab_size)."""
+    head = model.get_output_embeddings()
+    return int(head.weight.shape[0]) if head is not None else int(model.config.get_text_config().vocab_size)
+
+
 def _attach_banned(data, rules, tok, vocab_size):
     """What cull's processor bans at each retain position (cull.finetune.banned): the retain target with
     `retain_under_processor`, and the banned mass the validation checks report."""
@@ -284,7 +290,7 @@ def _build(model, tok, rules, prompts, cfg, progress, reference, gens=None, with
     if with_retain and cfg.weights.retain_under_processor and cfg.method == "cull":
         from cull.decode.processor import CullLogitsProcessor
 
-        retain_processor = CullLogitsProcessor(rules, tok, vocab_size=model.config.vocab_size)
+        retain_processor = CullLogitsProcessor(rules, tok, vocab_size=logits_width(model))
     return build_data(model, tok, rules, prompts, n_samples=cfg.n_samples, temperature=cfg.temperature,
                       max_new_tokens=cfg.max_new_tokens, seed=cfg.seed, top_k=cfg.top_k,
                       max_per_pair=cfg.max_per_pair, retain_per_gen=cfg.retain_per_gen,

@@ -103,7 +103,9 @@ def test_retain_kl_under_the_processor_matches_the_plain_reference():
     base = torch.log_softmax(torch.randn(3, 7, generator=gen), -1)
     top_logp, top_ids = torch.topk(base, 3, -1)
     none = torch.zeros(3, 7, dtype=torch.bool)
-    assert torch.allclose(retain_kl(base + 0.3, top_ids, top_logp, none), retain_kl(base + 0.3, top_ids, top_logp))
+    other = base + torch.randn(3, 7, generator=gen)
+    assert torch.allclose(retain_kl(other, top_ids, top_logp, none), retain_kl(other, top_ids, top_logp), atol=1e-6)
+    assert retain_kl(other, top_ids, top_logp) > 0.01
     banned = torch.zeros(3, 7, dtype=torch.bool)
     banned[torch.arange(3), top_ids[:, 1]] = True
     target = torch.log_softmax(base.masked_fill(banned, float("-inf")), -1)
@@ -228,6 +230,10 @@ def test_finetune_command_errors(tmp_path, stories):
     args = parser.parse_args(["finetune", "--model", str(path), "--phrase", PHRASE, "--out", str(tmp_path / "o"),
                               "--retain-target", "base", "--w-ban", "100"])
     with pytest.raises(CullError, match="--retain-target processor"):
+        args.func(args)
+    args = parser.parse_args(["finetune", "--model", str(path), "--phrase", PHRASE, "--out", str(tmp_path / "o"),
+                              "--w-ban", "-1"])
+    with pytest.raises(CullError, match="--w-ban must be >= 0"):
         args.func(args)
 
 
@@ -569,6 +575,11 @@ def test_banned_sets_follow_the_processor_position_by_position(stories):
     assert len(completing) == 1
     text = tok.decode(hit[1:completing[0] + 1], skip_special_tokens=True)
     assert text.lower().endswith("time") and not cull.find(tok.decode(hit[1:completing[0]]), rules)
+    # sampled positions (retain_per_gen): the processor still steps through every token from the start
+    some = [1, 5, completing[0]]
+    sparse = [RetainExample(hit, some, start=1)]
+    attach_banned(sparse, rules, tok, v)
+    assert sparse[0].banned == [ex[1].banned[ex[1].positions.index(p)] for p in some]
     # the mask rows follow retain_logits' order (example by example, position by position)
     mask = banned_mask(ex, sum(len(r.positions) for r in ex), v, "cpu")
     k = len(ex[0].positions) + ex[1].positions.index(completing[0])
