@@ -95,10 +95,7 @@ def step_loss(model, pref, retain, pad, w: LossWeights, device, method: str = "c
     if retain and (w.kl or w.mle or w.ban):
         rl, targets = retain_logits(model, [r.ids for r in retain], [r.positions for r in retain], pad, device)
         if w.kl:
-            top_ids = torch.as_tensor(np.concatenate([np.asarray(r.top_ids, dtype=np.int64) for r in retain]),
-                                      device=device)
-            top_logp = torch.as_tensor(np.concatenate([np.asarray(r.top_logp, dtype=np.float32) for r in retain]),
-                                       device=device)
+            top_ids, top_logp = retain_top(retain, device)
         if w.retain_under_processor:
             banned = banned_mask(retain, rl.shape[0], rl.shape[1], device)
     if pl is None and rl is None:
@@ -182,15 +179,22 @@ def validate(model, tok, examples, retain, pad, device, *, rules=None, prompts=N
     return out
 
 
-def _base_banned_mass(chunk, ban, device):
-    """Per retained position of `chunk`, the base's probability (from its stored top K) of the
-    tokens banned there."""
+def retain_top(retain, device):
+    """The base's stored top-K ids [N, K] and log-probs [N, K] of the retain examples, stacked in
+    `retain_logits` order."""
     import numpy as np
     import torch
 
-    top_ids = torch.as_tensor(np.concatenate([np.asarray(r.top_ids, dtype=np.int64) for r in chunk]), device=device)
-    top_p = torch.as_tensor(np.concatenate([np.asarray(r.top_logp, dtype=np.float32) for r in chunk]), device=device).exp()
-    return (top_p * ban.gather(-1, top_ids)).sum(-1)
+    top_ids = torch.as_tensor(np.concatenate([np.asarray(r.top_ids, dtype=np.int64) for r in retain]), device=device)
+    top_logp = torch.as_tensor(np.concatenate([np.asarray(r.top_logp, dtype=np.float32) for r in retain]), device=device)
+    return top_ids, top_logp
+
+
+def _base_banned_mass(chunk, ban, device):
+    """Per retained position of `chunk`, the base's probability (from its stored top K) of the
+    tokens banned there."""
+    top_ids, top_logp = retain_top(chunk, device)
+    return (top_logp.exp() * ban.gather(-1, top_ids)).sum(-1)
 
 
 def checkpoint_score(v: dict, base_nll: float, max_ppl_rise: float) -> tuple:
