@@ -12,6 +12,10 @@ def add_setup_args(p):
     p.add_argument("--model", default=None, help="model folder or .gguf (default: SmolLM2-135M-Instruct)")
     p.add_argument("--quick", action="store_true", help="stories260K and 'Once upon a time', in seconds")
     p.add_argument("--phrases", nargs="*", default=None, help="use these phrases instead of discovering them")
+    p.add_argument("--phrase-file", default=None, help="a phrase file (what `cull discover --out` wrote); adds to --phrases")
+    p.add_argument("--data", default=None,
+                   help="training data saved by `cull finetune` (RUN/data.json) instead of building it; needs the "
+                        "phrases it was built for (--phrases or --phrase-file)")
     p.add_argument("--train-prompts", default="train")
     p.add_argument("--heldout-prompts", default="heldout")
     p.add_argument("--top", type=int, default=30)
@@ -42,7 +46,7 @@ def quick_defaults(args, data_dir):
 def setup(args, say):
     """(base, tok, base_path, rules, train prompts, held-out prompts, discovered, data)."""
     import cull
-    from cull.measure.evaluate import Generation, generate, load_prompts
+    from cull.measure.evaluate import load_prompts
     from cull.finetune import FinetuneData, build_data
     from cull.measure.models import load_model_with_base
     from cull.measure.models import set_threads
@@ -53,16 +57,13 @@ def setup(args, say):
     held_prompts = load_prompts(args.heldout_prompts) if args.heldout_prompts else [""]
     work = Path(args.work_dir)
     work.mkdir(parents=True, exist_ok=True)
-    cache, data_cache = work / "base_samples.json", work / "bench_data.json"
-    if args.reuse_data and cache.is_file():
-        gens = [Generation(**g) for g in json.loads(cache.read_text())]
-        say(f"reusing {len(gens)} base samples from {cache}")
-    else:
-        say(f"sampling the base model: {len(train_prompts)} train prompts x {args.n_train_samples}")
-        gens = generate(base, tok, train_prompts, n_samples=args.n_train_samples, seed=args.seed, temperature=0.8,
-                        max_new_tokens=args.max_new_tokens, batch_size=args.gen_batch_size, desc="base: train samples")
-        cache.write_text(json.dumps([asdict(g) for g in gens]))
-    discovered = []
+    if args.phrase_file:
+        args.phrases = (args.phrases or []) + [r.text for r in cull.PhraseSet.load(args.phrase_file)]
+    if args.data and not args.phrases:
+        raise SystemExit("--data needs the phrases its examples were built for: --phrases or --phrase-file")
+    gens, discovered = None, []
+    if not (args.data and args.phrases):
+        gens = _base_samples(base, tok, train_prompts, work / "base_samples.json", args, say)
     if args.phrases:
         rules = cull.PhraseSet(args.phrases)
     else:
@@ -71,7 +72,15 @@ def setup(args, say):
         discovered = discover([g.text for g in gens], candidate_rules(), top=args.top, min_count=args.min_count)["known"]
         rules = cull.PhraseSet([k["phrase"] for k in discovered])
     say(f"phrases: {len(rules)}: {', '.join(r.text for r in rules)}")
-    if args.reuse_data and data_cache.is_file():
+    data_cache = work / "bench_data.json"
+    if args.data:
+        data = FinetuneData.load(Path(args.data))
+        unknown = set(data.stats.get("hits_per_phrase", {})) - {r.text for r in rules}
+        if unknown:
+            raise SystemExit(f"{args.data} was built for other phrases ({', '.join(sorted(unknown)[:5])} ...); pass "
+                             "the phrase list it was built with")
+        say(f"training data from {args.data}")
+    elif args.reuse_data and data_cache.is_file():
         data = FinetuneData.load(data_cache)
         say(f"reusing the training data in {data_cache}")
     else:
@@ -83,6 +92,20 @@ def setup(args, say):
     say(f"data: {data.stats['examples']} examples ({data.stats['examples_with_chosen']} with chosen, "
         f"{data.stats['decision_points_moved']} decision points moved), {data.stats['retain_positions']} retain positions")
     return base, tok, base_path, rules, train_prompts, held_prompts, discovered, data
+
+
+def _base_samples(base, tok, prompts, cache, args, say):
+    from cull.measure.evaluate import Generation, generate
+
+    if args.reuse_data and cache.is_file():
+        gens = [Generation(**g) for g in json.loads(cache.read_text())]
+        say(f"reusing {len(gens)} base samples from {cache}")
+        return gens
+    say(f"sampling the base model: {len(prompts)} train prompts x {args.n_train_samples}")
+    gens = generate(base, tok, prompts, n_samples=args.n_train_samples, seed=args.seed, temperature=0.8,
+                    max_new_tokens=args.max_new_tokens, batch_size=args.gen_batch_size, desc="base: train samples")
+    cache.write_text(json.dumps([asdict(g) for g in gens]))
+    return gens
 
 
 def eval_kwargs(args):

@@ -94,9 +94,6 @@ def build_retain(reference, tok, gens, *, per_gen: int = 0, top: int = 64, rng: 
                  progress: bool = True, batch_size: int = 8) -> list[RetainExample]:
     """The retain set: every generated position of each (clean) generation, or `per_gen` random ones
     when per_gen > 0, with the reference's top-`top` log-probs there (int32 ids, float16 log-probs)."""
-    torch = require("torch", "hf")
-    from tqdm.auto import tqdm
-
     rng = rng or random.Random(0)
     todo = []
     for g in gens:
@@ -106,9 +103,19 @@ def build_retain(reference, tok, gens, *, per_gen: int = 0, top: int = 64, rng: 
             pos = sorted(rng.sample(pos, min(per_gen, len(pos))))
         if pos:
             todo.append((ids, pos, g.prompt_index, max(1, len(g.prompt_ids))))
+    return reference_top(reference, tok, todo, top=top, batch_size=batch_size, progress=progress)
+
+
+def reference_top(reference, tok, todo, *, top: int = 64, batch_size: int = 8, progress: bool = True,
+                  desc: str = "retain set") -> list[RetainExample]:
+    """RetainExamples for (ids, positions, prompt index, start) tuples, with the reference's top-`top`
+    log-probs at each position (int32 ids, float16 log-probs)."""
+    torch = require("torch", "hf")
+    from tqdm.auto import tqdm
+
     out = []
     device = next(reference.parameters()).device
-    for b in tqdm(range(0, len(todo), batch_size), desc="retain set", disable=not progress, leave=False):
+    for b in tqdm(range(0, len(todo), batch_size), desc=desc, disable=not progress, leave=False):
         chunk = todo[b:b + batch_size]
         ids, mask = pad_rows([c[0] for c in chunk], pad_id(tok))
         with torch.inference_mode():

@@ -4,8 +4,9 @@ the validation checks (see `steps.validate` and `steps.checkpoint_score`).
 Every `eval_every` steps the loop measures the held-out win rate, the held-out perplexity of clean
 samples and (with `val_samples`) the phrase hits in fresh samples of the validation prompts. It
 keeps the best checkpoint so far (fewest hits within the perplexity budget, then lowest held-out
-p(rejected), then highest win rate) and stops when the win rate reaches `stop_win` and the mean
-held-out p(rejected) is at most `stop_p_rejected` with no validation hits, when the perplexity rise
+p(rejected) plus spelling mass, then highest win rate) and stops when the win rate reaches `stop_win` and the mean
+held-out p(rejected) is at most `stop_p_rejected` and the banned mass of the held-out spelling
+contexts at most `stop_spelling_mass`, with no validation hits, when the perplexity rise
 passes twice the budget, or after `patience` checks with no better checkpoint. The best checkpoint's
 weights are restored at the end of the round. With several processes (accelerate launch) the checks
 are off: a stop decided on one process would leave the others waiting in their all-reduce.
@@ -54,7 +55,7 @@ class TrainingLoop:
         v = validate(m, self.tok, [e for e in examples if e.chosen][:64], retain[:32], self.pad, self.acc.device,
                      rules=rules, prompts=val_prompts, n_samples=cfg.val_samples,
                      max_new_tokens=min(cfg.max_new_tokens, 64), seed=cfg.seed + 7, chat=cfg.chat,
-                     batch_size=min(cfg.gen_batch_size, 16))
+                     batch_size=min(cfg.gen_batch_size, 16), spelling=(data.val_spelling or data.spelling)[:64])
         if was:
             m.train()
         if math.isfinite(self.base_nll) and "nll" in v:
@@ -94,12 +95,14 @@ class TrainingLoop:
             pref = batch_of(data.preference, cfg.batch_size, seed, step, acc.process_index, acc.num_processes)
             retain = batch_of(data.retain, cfg.retain_batch_size, seed + 1, step, acc.process_index,
                               acc.num_processes)
+            spelling = batch_of(data.spelling, cfg.spelling_batch_size, seed + 3, step, acc.process_index,
+                                acc.num_processes)
             nat_batch = batch_of(nat, cfg.batch_size, seed + 2, step, acc.process_index, acc.num_processes) \
                 if nat is not None else None
             try:
                 with torch.autocast(acc.device.type, dtype=torch.bfloat16, enabled=cfg.dtype == "bf16"):
                     loss, parts = step_loss(self.model, pref, retain, self.pad, weights, acc.device,
-                                            method=cfg.method, nat=nat_batch)
+                                            method=cfg.method, nat=nat_batch, spelling=spelling)
                 self.opt.zero_grad(set_to_none=True)
                 acc.backward(loss)
                 acc.clip_grad_norm_(self.params, 1.0)
@@ -130,7 +133,8 @@ class TrainingLoop:
                 else:
                     stale += 1
                 if (v.get("win_rate", 0) >= cfg.stop_win and v.get("p_rejected", 0) <= cfg.stop_p_rejected
-                        and v.get("hits", 0) == 0 and score[0] == 0) \
+                        and v.get("spelling_mass", 0) <= cfg.stop_spelling_mass and v.get("hits", 0) == 0
+                        and score[0] == 0) \
                         or v.get("ppl_rise", 0) > 2 * cfg.max_ppl_rise or stale >= cfg.patience:
                     stopped = step + 1
                     self.say(f"Early stop at step {step + 1}")

@@ -152,7 +152,7 @@ def banned_mass_loss(logits: torch.Tensor, banned: torch.Tensor) -> torch.Tensor
 
 
 def mle_loss(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-    """Mean negative log-likelihood of `targets` [N] under logits [N, V]."""
+    """Mean negative log-likelihood of `targets` [N] under logits [N, V]; targets of -100 are left out."""
     return F.cross_entropy(logits.float(), targets)
 
 
@@ -179,7 +179,7 @@ def total_loss(pref_logits, rejected, chosen, chosen_mask, retain_logits, top_id
         if w.ban and w.retain_under_processor and banned is not None:
             parts["ban"] = banned_mass_loss(retain_logits, banned)
             total = total + w.ban * parts["ban"]
-        if w.mle and retain_targets is not None:
+        if w.mle and retain_targets is not None and bool((retain_targets >= 0).any()):
             parts["mle"] = mle_loss(retain_logits, retain_targets)
             total = total + w.mle * parts["mle"]
     return total, {k: float(v.detach()) for k, v in parts.items()}

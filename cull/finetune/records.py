@@ -38,6 +38,9 @@ class FinetuneData:
     negatives: list = field(default_factory=list)  # [ids, prompt length] of samples with a hit (NAT baseline)
     val_preference: list = field(default_factory=list)
     val_retain: list = field(default_factory=list)
+    # multi-token spellings placed in retain samples (cull.finetune.spellings); rebuilt, not saved
+    spelling: list = field(default_factory=list)
+    val_spelling: list = field(default_factory=list)
 
     def save(self, path) -> None:
         import numpy as np

@@ -79,8 +79,10 @@ def retain_logits(model, seqs, positions, pad, device):
     return rl[rows, cols], targets
 
 
-def step_loss(model, pref, retain, pad, w: LossWeights, device, method: str = "cull", nat=None):
-    """The loss of one batch and its parts."""
+def step_loss(model, pref, retain, pad, w: LossWeights, device, method: str = "cull", nat=None, spelling=()):
+    """The loss of one batch and its parts. `spelling`: spelling contexts (cull.finetune.spellings),
+    short sequences forwarded apart from the long retain ones; they join the KL and banned-mass
+    terms, not the MLE one (their last token is the banned one)."""
     import numpy as np
     import torch
 
@@ -92,12 +94,16 @@ def step_loss(model, pref, retain, pad, w: LossWeights, device, method: str = "c
         if w.tether and all(e.ref_logits is not None for e in pref):
             ref = torch.as_tensor(np.stack([np.asarray(e.ref_logits, dtype=np.float32) for e in pref]), device=device)
     rl = top_ids = top_logp = targets = banned = None
-    if retain and (w.kl or w.mle or w.ban):
-        rl, targets = retain_logits(model, [r.ids for r in retain], [r.positions for r in retain], pad, device)
+    groups = [g for g in (retain, spelling) if g]
+    if groups and (w.kl or w.mle or w.ban):
+        outs = [retain_logits(model, [r.ids for r in g], [r.positions for r in g], pad, device) for g in groups]
+        rl = torch.cat([o[0] for o in outs])
+        targets = torch.cat([o[1] if g is retain else torch.full_like(o[1], -100) for g, o in zip(groups, outs)])
+        both = [r for g in groups for r in g]
         if w.kl:
-            top_ids, top_logp = retain_top(retain, device)
+            top_ids, top_logp = retain_top(both, device)
         if w.retain_under_processor:
-            banned = banned_mask(retain, rl.shape[0], rl.shape[1], device)
+            banned = banned_mask(both, rl.shape[0], rl.shape[1], device)
     if pl is None and rl is None:
         raise ValueError("a step needs preference examples or retain sequences")
     return total_loss(pl, rejected, chosen, cmask, rl, top_ids, top_logp, w, ref_logits=ref, retain_targets=targets,
@@ -126,12 +132,14 @@ def nat_loss(model, seqs, pad, device):
 
 
 def validate(model, tok, examples, retain, pad, device, *, rules=None, prompts=None, n_samples: int = 0,
-             max_new_tokens: int = 64, seed: int = 0, chat=None, batch_size: int = 8) -> dict:
+             max_new_tokens: int = 64, seed: int = 0, chat=None, batch_size: int = 8, spelling=()) -> dict:
     """The early-stopping signals: on held-out preference examples, the win rate (share of chosen
     tokens whose logit beats the rejected one) and the mean p(rejected); on held-out clean samples,
     the mean NLL per token and, where the examples carry banned sets (`cull.finetune.banned`), the mean
     probability of the banned tokens and the share of positions where it is >= 1% (a ban event,
-    teacher-forced); with `n_samples`, the phrase hits in that many samples per prompt.
+    teacher-forced); on held-out spelling contexts (`cull.finetune.spellings`), the mean banned
+    probability at the position that completes the spelling; with `n_samples`, the phrase hits in
+    that many samples per prompt.
 
     With banned sets, the NLL leaves out the positions where the base gave the banned tokens >= 1%:
     there the processor chose the sample's token and the tuned model is trained toward it, so its NLL
@@ -168,6 +176,8 @@ def validate(model, tok, examples, retain, pad, device, *, rules=None, prompts=N
             if mass:
                 out["banned_mass"] = sum(mass) / len(mass)
                 out["ban_rate"] = sum(m >= 0.01 for m in mass) / len(mass)
+        if spelling:
+            out["spelling_mass"] = spelling_mass(model, spelling, pad, device, batch_size)
     if n_samples and prompts:
         from cull.measure.evaluate import generate
         from cull.rules.find import find
@@ -177,6 +187,23 @@ def validate(model, tok, examples, retain, pad, device, *, rules=None, prompts=N
         out["hits"] = sum(len(find(g.text, rules)) for g in gens)
         out["samples"] = len(gens)
     return out
+
+
+def spelling_mass(model, spelling, pad, device, batch_size: int = 8) -> float:
+    """Mean probability of the processor's banned tokens at the last position of each spelling
+    context: how much of the spelling's completion the model still writes."""
+    import torch
+
+    last = [r.positions[-1:] for r in spelling]
+    mass = []
+    for i in range(0, len(spelling), batch_size):
+        chunk, pos = spelling[i:i + batch_size], last[i:i + batch_size]
+        lg, _ = retain_logits(model, [r.ids for r in chunk], pos, pad, device)
+        ban = torch.zeros_like(lg, dtype=torch.bool)
+        for k, r in enumerate(chunk):
+            ban[k, list(r.banned[-1])] = True
+        mass += torch.softmax(lg.float(), -1).masked_fill(~ban, 0.0).sum(-1).tolist()
+    return sum(mass) / len(mass) if mass else float("nan")
 
 
 def retain_top(retain, device):
@@ -199,9 +226,11 @@ def _base_banned_mass(chunk, ban, device):
 
 def checkpoint_score(v: dict, base_nll: float, max_ppl_rise: float) -> tuple:
     """Order of preference between validation checks (smaller is better): within the perplexity
-    budget, fewest hits, then lowest held-out p(rejected), then highest win rate, then smallest
-    perplexity rise; outside it, the smallest rise."""
+    budget, fewest hits, then lowest held-out p(rejected) plus spelling mass (both: the chance the
+    model still writes a phrase where it should not), then highest win rate, then smallest perplexity
+    rise; outside it, the smallest rise."""
     rise = math.exp(v.get("nll", base_nll) - base_nll) - 1 if math.isfinite(base_nll) else 0.0
     if rise > max_ppl_rise:
         return (1, rise)
-    return (0, v.get("hits", 0), round(v.get("p_rejected", 0.0), 4), -v.get("win_rate", 0.0), rise)
+    leak = v.get("p_rejected", 0.0) + v.get("spelling_mass", 0.0)
+    return (0, v.get("hits", 0), round(leak, 4), -v.get("win_rate", 0.0), rise)

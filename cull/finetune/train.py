@@ -55,6 +55,7 @@ class FinetuneConfig:
     max_ppl_rise: float = 0.01  # perplexity budget on held-out clean samples
     stop_win: float = 0.95  # stop once held-out win rate reaches this ...
     stop_p_rejected: float = 0.02  # ... and the mean held-out p(rejected) is this low, with no validation hits
+    stop_spelling_mass: float = 0.05  # ... and the held-out spelling contexts' banned mass is this low
     patience: int = 4  # checks without a better checkpoint before stopping
     # rounds on policy
     rounds: int = 1
@@ -68,6 +69,8 @@ class FinetuneConfig:
     max_per_pair: int = 8
     retain_per_gen: int = 0  # 0: every position of every clean sample (dense retain)
     phrase_rows: bool = True  # also train the output rows of context-free phrase tokens (cull.finetune.phrase_rows)
+    spelling_contexts: int = 4  # retain contexts per multi-token spelling (cull.finetune.spellings; 0: none)
+    spelling_batch_size: int = 12  # spelling contexts per step
     max_examples: int | None = None
     commit_prob: float = 0.5
     chat: bool | None = None
@@ -76,7 +79,10 @@ class FinetuneConfig:
         for name in ("steps", "batch_size", "n_samples", "max_new_tokens", "gen_batch_size", "lora_r", "rounds"):
             if getattr(self, name) < 1:
                 raise CullError(f"{name} must be at least 1, got {getattr(self, name)}")
-        for name in ("batch_size", "retain_batch_size", "gen_batch_size"):
+        if self.spelling_contexts < 0 or self.spelling_batch_size < 0:
+            raise CullError(f"spelling_contexts and spelling_batch_size must be >= 0, got {self.spelling_contexts} "
+                            f"and {self.spelling_batch_size}")
+        for name in ("batch_size", "retain_batch_size", "gen_batch_size", "spelling_batch_size"):
             if getattr(self, name) > MAX_BATCH:
                 raise CullError(f"{name} is {getattr(self, name)}, above the bound of {MAX_BATCH}; use a smaller "
                                 "batch (more steps) instead")
@@ -188,6 +194,9 @@ def finetune(model, tok, rules, prompts, out_dir, cfg: FinetuneConfig | None = N
         f"points moved past word pieces), {st['retain_positions']} retain positions")
 
     vocab_size = logits_width(model)
+    spell = cfg.spelling_contexts and cfg.method == "cull" and cfg.weights.retain_under_processor
+    if spell:
+        _add_spellings(model, tok, rules, data, cfg, progress, say)
     _attach_banned(data, rules, tok, vocab_size)  # the retain target (an option) and a validation figure
     rows = None
     no_rows = "--adapter-only: a LoRA adapter cannot hold them" if cfg.adapter_only else rows_supported(model)
@@ -245,6 +254,9 @@ def finetune(model, tok, rules, prompts, out_dir, cfg: FinetuneConfig | None = N
                 break
             rules, extra = new
             if extra.stats.get("added_phrases"):
+                if spell:
+                    new_rules = rules.with_rules(rules.rules[-len(extra.stats["added_phrases"]):])
+                    _add_spellings(reference, tok, new_rules, data, cfg, progress, say)
                 _attach_banned(data, rules, tok, vocab_size)
             data.preference += extra.preference
             data.val_preference += extra.val_preference
@@ -278,7 +290,20 @@ def logits_width(model) -> int:
 def _attach_banned(data, rules, tok, vocab_size):
     """What cull's processor bans at each retain position (cull.finetune.banned): the retain target with
     `retain_under_processor`, and the banned mass the validation checks report."""
-    attach_banned(data.retain + data.val_retain, rules, tok, vocab_size)
+    attach_banned(data.retain + data.val_retain + data.spelling + data.val_spelling, rules, tok, vocab_size)
+
+
+def _add_spellings(reference, tok, rules, data, cfg, progress, say):
+    """Append the spelling contexts of `rules` (cull.finetune.spellings) to the data, on its own
+    retain samples: training ones for training, validation ones for validation."""
+    from cull.finetune.spellings import spelling_contexts
+
+    kw = dict(per_spelling=cfg.spelling_contexts, seed=cfg.seed, batch_size=cfg.gen_batch_size, progress=progress)
+    train = spelling_contexts(reference, tok, rules, data.retain, **kw)
+    val = spelling_contexts(reference, tok, rules, data.val_retain, **kw) if data.val_retain else []
+    data.spelling += train
+    data.val_spelling += val
+    say(f"Spelling contexts: {len(train)} (+ {len(val)} for validation) for the phrases' multi-token spellings")
 
 
 def _fmt(v: dict) -> str:
@@ -319,7 +344,7 @@ def _next_round_data(model, tok, rules, prompts, cfg, progress, reference, rnd, 
         known = {r.text.lower() for r in rules}
         added = [p for p in newly_overused([g.text for g in gens], [g.text for g in base_gens], candidate_rules())
                  if p.lower() not in known][:cfg.new_phrases]
-    rules2 = PhraseSet(list(rules) + list(PhraseSet(added))) if added else rules
+    rules2 = rules.with_rules(list(rules) + list(PhraseSet(added))) if added else rules  # the same options
     say(f"Round {rnd + 1}: newly over-used phrases added: {', '.join(added) or 'none'}")
     try:
         extra = _build(model, tok, rules2, prompts, cfg, progress, reference=reference, gens=gens, with_retain=False)

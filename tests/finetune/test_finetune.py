@@ -498,6 +498,9 @@ def test_bench_quick(tmp_path):
     assert rows["base"]["hits"] > 0 and rows["cull"]["hits_reduction_pct"] >= 90
     assert "clean_replies_ppl_change_pct_ci_high" in rows["cull"] and "nat" in rows
     assert Path(out["path"]).with_suffix(".md").is_file()
+    saved = tmp_path / "work" / "bench_data.json"
+    with pytest.raises(SystemExit, match="built for other phrases"):  # --data with the wrong phrase list
+        main(["--quick", "--data", str(saved), "--phrases", "The end", "--work-dir", str(tmp_path / "w2")])
 
 
 def test_sweep_quick(tmp_path):
