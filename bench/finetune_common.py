@@ -12,7 +12,8 @@ def add_setup_args(p):
     p.add_argument("--model", default=None, help="model folder or .gguf (default: SmolLM2-135M-Instruct)")
     p.add_argument("--quick", action="store_true", help="stories260K and 'Once upon a time', in seconds")
     p.add_argument("--phrases", nargs="*", default=None, help="use these phrases instead of discovering them")
-    p.add_argument("--phrase-file", default=None, help="a phrase file (what `cull discover --out` wrote); adds to --phrases")
+    p.add_argument("--phrase-file", default=None,
+                   help="a phrase file (what `cull discover --out` wrote); adds to --phrases")
     p.add_argument("--data", default=None,
                    help="training data saved by `cull finetune` (RUN/data.json) instead of building it; needs the "
                         "phrases it was built for (--phrases or --phrase-file)")

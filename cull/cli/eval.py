@@ -17,6 +17,10 @@ def add_parser(subparsers):
     p.add_argument("--reference", default=None, metavar="PATH",
                    help="the base model: adds its hits (before), the KL from it and over-represented n-grams "
                         "(default: none)")
+    p.add_argument("--reference-cache", default=None, metavar="FILE",
+                   help="keep the reference's samples and measurements in this JSON file and reuse them while "
+                        "the reference, prompts, phrases, texts and settings are the same (comparing several "
+                        "fine-tunes with one base then measures the base once; default: none)")
     p.add_argument("--clean-texts", default="neutral_texts", metavar="FILE",
                    help="clean text for perplexity: a .json list of strings or {prompt, text} objects "
                         "(default: cull's neutral text set); 'none' to skip")
@@ -66,6 +70,8 @@ def run_eval(args) -> int:
     rules = load_phrases(args)
     prompts = load_prompts(args.prompts)
     clean = load_clean_texts(args.clean_texts)
+    if args.reference_cache and not args.reference:
+        raise CullError("--reference-cache keeps the reference's measurements; it needs --reference")
     model, tok, _ = load_model_for(args, args.model)
     ref = load_model_for(args, args.reference)[0] if args.reference else None
     human = human_texts_for(args.human_text, tok, args.human_tokens, say=sayer(args))
@@ -74,7 +80,11 @@ def run_eval(args) -> int:
     res = evaluate(model, tok, rules, prompts, n_samples=args.n_samples, temperature=args.temperature,
                    greedy=not args.no_greedy, max_new_tokens=args.max_new_tokens, seed=args.seed, processor=proc,
                    reference_model=ref, clean_texts=clean, human_texts=human, batch_size=args.batch_size,
-                   chat=args.chat, progress=not args.no_progress, out=args.out, name=str(args.model or "model"))
+                   chat=args.chat, progress=not args.no_progress, out=args.out, name=str(args.model or "model"),
+                   reference_cache=args.reference_cache)
+    rc = res.get("reference_cache")
+    if rc:
+        sayer(args)(f"{'Reused' if rc['reused'] else 'Saved'} the reference's measurements in {rc['path']}")
     pub = public(res)
     if args.json:
         print(json.dumps(pub, indent=2, default=str))

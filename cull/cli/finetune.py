@@ -71,6 +71,9 @@ def add_parser(subparsers):
     g.add_argument("--phrase-rows", choices=("on", "off"), default="on",
                    help="also train the output rows of the tokens the processor bans in every context, so their "
                         "logits fall everywhere (LoRA only; the saved model's output layer is untied)")
+    g.add_argument("--spelling-contexts", type=int, default=4, metavar="N",
+                   help="retain contexts per multi-token spelling of a phrase (\" Travel\"+\"er\"), cut from the "
+                        "model's own samples, where the processor's ban is trained in; 0: none (default: 4)")
     g.add_argument("--beta", type=float, default=1.0, metavar="B",
                    help="sharpness of the preference term: softplus(beta * (margin - logit gap))")
     g.add_argument("--margin", type=float, default=2.0, metavar="M",
@@ -111,15 +114,17 @@ def config_from_args(args):
     else:
         w_ban = LossWeights().ban if args.w_ban is None else args.w_ban
 
-    return FinetuneConfig(
+    cfg = FinetuneConfig(
         steps=args.steps, lr=args.lr, batch_size=args.batch_size, retain_batch_size=args.retain_batch_size,
         full=args.full, lora_r=args.lora_r, lora_alpha=args.lora_alpha,
         lora_targets=tuple(args.lora_targets.split(",")) if args.lora_targets else None,
         weights=LossWeights(args.w_pref, args.w_ul, args.w_kl, args.beta, args.margin, tether=args.w_tether,
                             retain_under_processor=args.retain_target == "processor", ban=w_ban),
-        phrase_rows=args.phrase_rows == "on",
+        phrase_rows=args.phrase_rows == "on", spelling_contexts=args.spelling_contexts,
         seed=args.seed, rounds=args.rounds, method=args.method, dtype=args.dtype, warmup=args.warmup,
         eval_every=args.eval_every, val_samples=args.val_samples, max_ppl_rise=args.max_ppl_rise,
         checkpoint_every=args.checkpoint_every, adapter_only=args.adapter_only, n_samples=args.n_samples,
         temperature=args.temperature, max_new_tokens=args.max_new_tokens, gen_batch_size=args.gen_batch_size,
         chat=args.chat, max_examples=args.max_examples)
+    cfg.check()
+    return cfg

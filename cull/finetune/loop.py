@@ -52,10 +52,11 @@ class TrainingLoop:
         m = self.model
         was = m.training
         m.eval()
+        spelling = (data.val_spelling or data.spelling[::max(1, cfg.spelling_contexts)])[:256]  # one per spelling
         v = validate(m, self.tok, [e for e in examples if e.chosen][:64], retain[:32], self.pad, self.acc.device,
                      rules=rules, prompts=val_prompts, n_samples=cfg.val_samples,
                      max_new_tokens=min(cfg.max_new_tokens, 64), seed=cfg.seed + 7, chat=cfg.chat,
-                     batch_size=min(cfg.gen_batch_size, 16), spelling=(data.val_spelling or data.spelling)[:64])
+                     batch_size=min(cfg.gen_batch_size, 16), spelling=spelling)
         if was:
             m.train()
         if math.isfinite(self.base_nll) and "nll" in v:

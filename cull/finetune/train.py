@@ -298,9 +298,10 @@ def _add_spellings(reference, tok, rules, data, cfg, progress, say):
     retain samples: training ones for training, validation ones for validation."""
     from cull.finetune.spellings import spelling_contexts
 
-    kw = dict(per_spelling=cfg.spelling_contexts, seed=cfg.seed, batch_size=cfg.gen_batch_size, progress=progress)
-    train = spelling_contexts(reference, tok, rules, data.retain, **kw)
-    val = spelling_contexts(reference, tok, rules, data.val_retain, **kw) if data.val_retain else []
+    kw = dict(seed=cfg.seed, batch_size=cfg.gen_batch_size, progress=progress)
+    train = spelling_contexts(reference, tok, rules, data.retain, per_spelling=cfg.spelling_contexts, **kw)
+    # one per spelling is enough for the validation figure (a mean over every spelling)
+    val = spelling_contexts(reference, tok, rules, data.val_retain, per_spelling=1, **kw) if data.val_retain else []
     data.spelling += train
     data.val_spelling += val
     say(f"Spelling contexts: {len(train)} (+ {len(val)} for validation) for the phrases' multi-token spellings")

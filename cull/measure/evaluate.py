@@ -189,15 +189,16 @@ def evaluate(model, tokenizer, rules, prompts: list[str], n_samples: int = 8, te
              greedy: bool = True, max_new_tokens: int = 128, seed: int = 0, processor=None,
              reference_model=None, clean_texts=None, *, reference_gens=None, reference_result=None,
              human_texts=None, batch_size: int = 16, chat: bool | None = None, progress: bool = True,
-             out=None, name: str = "model") -> dict:
+             out=None, name: str = "model", reference_cache=None) -> dict:
     """Evaluate `model` on `prompts`; see the module docstring. Returns a JSON-ready dict; with `out`
     (a path prefix) also writes out.json, out.md and out.png.
 
     The reference (the base model) is always measured as it is, without `processor`: with a
     processor, "before" is the base model's own rate. Pass `reference_result` (an earlier
     `evaluate()` of the reference on the same prompts and settings) to reuse its samples and
-    perplexities, e.g. when comparing many fine-tunes with one base. The generations are kept under
-    the private key "_gens"; private keys are not written."""
+    perplexities, e.g. when comparing many fine-tunes with one base, or `reference_cache` (a JSON
+    file path, `cull.measure.reference_cache`) to keep it on disk between runs. The generations are
+    kept under the private key "_gens"; private keys are not written."""
     rules = as_phrase_set(rules)
     model.eval()
     res = {"name": name, "phrases": len(rules), "prompts": len(prompts), "n_samples": n_samples,
@@ -226,11 +227,21 @@ def evaluate(model, tokenizer, rules, prompts: list[str], n_samples: int = 8, te
                                    "ban_events_per_1k_tokens": 1000 * counter.events / max(ntok, 1),
                                    "banned_mass_per_1k_tokens": 1000 * counter.removed_mass / max(ntok, 1)}
     if have_ref:
-        ref = reference_result
+        ref, key = reference_result, None
+        if ref is None and reference_cache is not None and reference_model is not None and reference_gens is None:
+            from cull.measure import reference_cache as cache
+
+            settings = dict(n_samples=n_samples, temperature=temperature, greedy=greedy,
+                            max_new_tokens=max_new_tokens, seed=seed, chat=chat, batch_size=batch_size)
+            key = cache.cache_key(reference_model, tokenizer, rules, prompts, settings, clean_texts, human_texts)
+            ref = cache.load(reference_cache, key)
+            res["reference_cache"] = {"path": str(reference_cache), "reused": ref is not None}
         if ref is None:
             ref_gens = reference_gens if reference_gens is not None else run(reference_model, "reference", None)
             ref = {"_gens": ref_gens, **_measure(reference_model, tokenizer, rules, prompts, ref_gens,
                                                  own_clean_replies=True, **common)}
+            if key is not None:
+                cache.save(reference_cache, key, ref)
         ref_gens = ref["_gens"]
         ref_sampled = [g for g in ref_gens if not g.greedy]
         sampled = [g for g in gens if not g.greedy]

@@ -235,6 +235,10 @@ def test_finetune_command_errors(tmp_path, stories):
                               "--w-ban", "-1"])
     with pytest.raises(CullError, match="--w-ban must be >= 0"):
         args.func(args)
+    args = parser.parse_args(["finetune", "--model", str(tmp_path / "nope"), "--phrase", PHRASE, "--out",
+                              str(tmp_path / "o"), "--spelling-contexts", "-2"])
+    with pytest.raises(CullError, match="spelling_contexts .* must be >= 0"):  # before the (missing) model loads
+        args.func(args)
 
 
 def test_no_hits_is_a_clear_error(stories):
