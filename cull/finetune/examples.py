@@ -118,10 +118,13 @@ def reference_top(reference, tok, todo, *, top: int = 64, batch_size: int = 8, p
     for b in tqdm(range(0, len(todo), batch_size), desc=desc, disable=not progress, leave=False):
         chunk = todo[b:b + batch_size]
         ids, mask = pad_rows([c[0] for c in chunk], pad_id(tok))
+        keep = sorted({p - 1 for c in chunk for p in c[1]})  # only the logits needed (the output layer is costly)
+        where = {k: j for j, k in enumerate(keep)}
         with torch.inference_mode():
-            logits = reference(ids.to(device), attention_mask=mask.to(device)).logits
+            logits = reference(ids.to(device), attention_mask=mask.to(device),
+                               logits_to_keep=torch.tensor(keep, device=device)).logits
         for i, (seq, positions, pi, start) in enumerate(chunk):
-            sel = torch.log_softmax(logits[i, torch.tensor(positions, device=device) - 1].float(), -1)
+            sel = torch.log_softmax(logits[i, torch.tensor([where[p - 1] for p in positions], device=device)].float(), -1)
             vals, idx = torch.topk(sel, min(top, sel.shape[-1]), dim=-1)
             out.append(RetainExample(seq, positions, idx.int().cpu().numpy(), vals.half().cpu().numpy(), pi, start=start))
     return out

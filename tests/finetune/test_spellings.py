@@ -98,6 +98,12 @@ def test_step_loss_with_spellings_equals_plain_forwards(stories):
     retain = build_retain(model, tok, [Generation(i, h.ids[:1], h.ids[1:], "") for i, h in enumerate(hosts)],
                           progress=False)
     spell = spelling_contexts(model, tok, rules, hosts, per_spelling=2, seed=0)
+    with torch.no_grad():  # the stored top-K is the plain forward's, position by position
+        for r in spell:
+            full = torch.log_softmax(model(torch.tensor([r.ids])).logits[0, [p - 1 for p in r.positions]], -1)
+            vals, idx = full.topk(r.top_ids.shape[1], -1)
+            assert torch.allclose(vals, torch.tensor(r.top_logp).float(), atol=5e-3)  # float16 storage
+            assert (idx[:, 0].numpy() == r.top_ids[:, 0]).all()
     attach_banned(retain + spell, rules, tok, model.config.vocab_size)
     w = LossWeights(preference=0.0, unlikelihood=0.0, tether=0.0, kl=3.0, ban=5.0, mle=0.5)
     with torch.no_grad():
