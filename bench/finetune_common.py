@@ -37,7 +37,8 @@ def add_setup_args(p):
 def quick_defaults(args, data_dir):
     """--quick: stories260K, "Once upon a time", the empty prompt, short generations."""
     args.model = args.model or str(data_dir() / "models" / "stories260K")
-    args.phrases = args.phrases or ["Once upon a time"]
+    if not args.phrase_file:
+        args.phrases = args.phrases or ["Once upon a time"]
     args.train_prompts = args.heldout_prompts = None
     args.no_human_text = True
     args.n_train_samples, args.n_eval_samples, args.max_new_tokens = 64, 64, 12
@@ -58,16 +59,19 @@ def setup(args, say):
     held_prompts = load_prompts(args.heldout_prompts) if args.heldout_prompts else [""]
     work = Path(args.work_dir)
     work.mkdir(parents=True, exist_ok=True)
-    if args.phrase_file:
-        args.phrases = (args.phrases or []) + [r.text for r in cull.PhraseSet.load(args.phrase_file)]
-    if args.data and not args.phrases:
+    rules = None
+    if args.phrase_file:  # the file's own actions and matching options
+        rules = cull.PhraseSet.load(args.phrase_file)
+        if args.phrases:
+            rules = rules.with_rules(list(rules) + list(cull.PhraseSet(args.phrases)))
+    elif args.phrases:
+        rules = cull.PhraseSet(args.phrases)
+    if args.data and rules is None:
         raise SystemExit("--data needs the phrases its examples were built for: --phrases or --phrase-file")
     gens, discovered = None, []
-    if not (args.data and args.phrases):
+    if not args.data:
         gens = _base_samples(base, tok, train_prompts, work / "base_samples.json", args, say)
-    if args.phrases:
-        rules = cull.PhraseSet(args.phrases)
-    else:
+    if rules is None:
         from cull.measure.discover import candidate_rules, discover
 
         discovered = discover([g.text for g in gens], candidate_rules(), top=args.top, min_count=args.min_count)["known"]
@@ -80,6 +84,10 @@ def setup(args, say):
         if unknown:
             raise SystemExit(f"{args.data} was built for other phrases ({', '.join(sorted(unknown)[:5])} ...); pass "
                              "the phrase list it was built with")
+        used = [e.prompt_index for e in data.preference + data.val_preference + data.retain + data.val_retain]
+        if max(used + list(data.stats.get("val_prompts", [])), default=-1) >= len(train_prompts):
+            raise SystemExit(f"{args.data} was built on more prompts than the {len(train_prompts)} of "
+                             f"--train-prompts {args.train_prompts}; pass the prompts it was built on")
         say(f"training data from {args.data}")
     elif args.reuse_data and data_cache.is_file():
         data = FinetuneData.load(data_cache)

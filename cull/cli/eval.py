@@ -84,7 +84,13 @@ def run_eval(args) -> int:
                    reference_cache=args.reference_cache)
     rc = res.get("reference_cache")
     if rc:
-        sayer(args)(f"{'Reused' if rc['reused'] else 'Saved'} the reference's measurements in {rc['path']}")
+        said = {"reused": "Reused the reference's measurements in {p}",
+                "absent": "Saved the reference's measurements in {p}",
+                "stale": "{p} was made for other inputs (reference, prompts, phrases, texts or settings); measured "
+                         "the reference again and replaced it"}[rc["status"]]
+        if rc.get("save_error"):
+            said = "Could not save the reference's measurements in {p}: " + rc["save_error"]
+        sayer(args)(said.format(p=rc["path"]))
     pub = public(res)
     if args.json:
         print(json.dumps(pub, indent=2, default=str))

@@ -113,6 +113,8 @@ def reference_top(reference, tok, todo, *, top: int = 64, batch_size: int = 8, p
     torch = require("torch", "hf")
     from tqdm.auto import tqdm
 
+    from cull.finetune.steps import check_kept
+
     out = []
     device = next(reference.parameters()).device
     for b in tqdm(range(0, len(todo), batch_size), desc=desc, disable=not progress, leave=False):
@@ -121,8 +123,8 @@ def reference_top(reference, tok, todo, *, top: int = 64, batch_size: int = 8, p
         keep = sorted({p - 1 for c in chunk for p in c[1]})  # only the logits needed (the output layer is costly)
         where = {k: j for j, k in enumerate(keep)}
         with torch.inference_mode():
-            logits = reference(ids.to(device), attention_mask=mask.to(device),
-                               logits_to_keep=torch.tensor(keep, device=device)).logits
+            logits = check_kept(reference(ids.to(device), attention_mask=mask.to(device),
+                                          logits_to_keep=torch.tensor(keep, device=device)).logits, keep)
         for i, (seq, positions, pi, start) in enumerate(chunk):
             sel = torch.log_softmax(logits[i, torch.tensor([where[p - 1] for p in positions], device=device)].float(), -1)
             vals, idx = torch.topk(sel, min(top, sel.shape[-1]), dim=-1)

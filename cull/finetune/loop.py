@@ -52,7 +52,7 @@ class TrainingLoop:
         m = self.model
         was = m.training
         m.eval()
-        spelling = (data.val_spelling or data.spelling[::max(1, cfg.spelling_contexts)])[:256]  # one per spelling
+        spelling = data.val_spelling[:512]  # one per spelling, in a seeded random order
         v = validate(m, self.tok, [e for e in examples if e.chosen][:64], retain[:32], self.pad, self.acc.device,
                      rules=rules, prompts=val_prompts, n_samples=cfg.val_samples,
                      max_new_tokens=min(cfg.max_new_tokens, 64), seed=cfg.seed + 7, chat=cfg.chat,
@@ -111,9 +111,9 @@ class TrainingLoop:
             except RuntimeError as exc:
                 if "out of memory" in str(exc).lower():
                     raise CullError(f"ran out of memory at step {step} with batch size {cfg.batch_size} (+ "
-                                    f"{cfg.retain_batch_size} retain sequences); pass --batch-size "
-                                    f"{max(1, cfg.batch_size // 2)} and --retain-batch-size "
-                                    f"{max(0, cfg.retain_batch_size // 2)}") from None
+                                    f"{cfg.retain_batch_size} retain sequences and {cfg.spelling_batch_size} "
+                                    f"spelling contexts); pass --batch-size {max(1, cfg.batch_size // 2)} and "
+                                    f"--retain-batch-size {max(0, cfg.retain_batch_size // 2)}") from None
                 raise
             parts["loss"] = float(loss.detach())
             bar.set_postfix({k: f"{v:.3f}" for k, v in parts.items()})

@@ -71,12 +71,24 @@ def retain_logits(model, seqs, positions, pad, device):
     rids, rmask = pad_right(seqs, pad)
     keep = sorted({p - 1 for ps in positions for p in ps})
     where = {k: i for i, k in enumerate(keep)}
-    rl = model(input_ids=rids.to(device), attention_mask=rmask.to(device),
-               logits_to_keep=torch.tensor(keep, device=device)).logits
+    rl = check_kept(model(input_ids=rids.to(device), attention_mask=rmask.to(device),
+                          logits_to_keep=torch.tensor(keep, device=device)).logits, keep)
     rows = torch.tensor([i for i, ps in enumerate(positions) for _ in ps], device=device)
     cols = torch.tensor([where[p - 1] for ps in positions for p in ps], device=device)
     targets = torch.tensor([s[p] for s, ps in zip(seqs, positions) for p in ps], device=device)
     return rl[rows, cols], targets
+
+
+def check_kept(logits, keep):
+    """The logits of a forward given `logits_to_keep=keep`; a clear error when the model ignored it
+    (older transformers), instead of positions silently read from the wrong rows."""
+    from cull.errors import CullError
+
+    if logits.shape[1] != len(keep):
+        raise CullError(f"the model returned logits for {logits.shape[1]} positions, not the {len(keep)} asked for "
+                        "with logits_to_keep; cull finetune needs a transformers version whose models take it "
+                        "(pip install -U transformers)")
+    return logits
 
 
 def step_loss(model, pref, retain, pad, w: LossWeights, device, method: str = "cull", nat=None, spelling=()):

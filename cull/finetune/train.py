@@ -194,10 +194,16 @@ def finetune(model, tok, rules, prompts, out_dir, cfg: FinetuneConfig | None = N
         f"points moved past word pieces), {st['retain_positions']} retain positions")
 
     vocab_size = logits_width(model)
-    spell = cfg.spelling_contexts and cfg.method == "cull" and cfg.weights.retain_under_processor
+    w = cfg.weights
+    spell = bool(cfg.spelling_contexts and cfg.spelling_batch_size and cfg.method == "cull"
+                 and w.retain_under_processor and (w.kl or w.ban))
+    data.spelling, data.val_spelling = [], []  # built here, for this run's rules (the caller's data may be shared)
     if spell:
         _add_spellings(model, tok, rules, data, cfg, progress, say)
-    _attach_banned(data, rules, tok, vocab_size)  # the retain target (an option) and a validation figure
+    dropped = _attach_banned(data, rules, tok, vocab_size)  # the retain target (an option) and a validation figure
+    if spell:
+        say(f"Spelling contexts: {len(data.spelling)} (+ {len(data.val_spelling)} for validation) for the phrases' "
+            f"multi-token spellings{f'; {dropped} the processor could not have produced were left out' if dropped else ''}")
     rows = None
     no_rows = "--adapter-only: a LoRA adapter cannot hold them" if cfg.adapter_only else rows_supported(model)
     if cfg.phrase_rows and cfg.method == "cull" and not cfg.full and no_rows:
@@ -287,24 +293,37 @@ def logits_width(model) -> int:
     return int(head.weight.shape[0]) if head is not None else int(model.config.get_text_config().vocab_size)
 
 
-def _attach_banned(data, rules, tok, vocab_size):
+def _attach_banned(data, rules, tok, vocab_size) -> int:
     """What cull's processor bans at each retain position (cull.finetune.banned): the retain target with
-    `retain_under_processor`, and the banned mass the validation checks report."""
+    `retain_under_processor`, and the banned mass the validation checks report. Spelling contexts the
+    processor could not have produced are dropped; returns how many."""
+    from cull.finetune.spellings import reachable
+
     attach_banned(data.retain + data.val_retain + data.spelling + data.val_spelling, rules, tok, vocab_size)
+    before = len(data.spelling) + len(data.val_spelling)
+    data.spelling, data.val_spelling = reachable(data.spelling), reachable(data.val_spelling)
+    return before - len(data.spelling) - len(data.val_spelling)
 
 
 def _add_spellings(reference, tok, rules, data, cfg, progress, say):
     """Append the spelling contexts of `rules` (cull.finetune.spellings) to the data, on its own
-    retain samples: training ones for training, validation ones for validation."""
+    retain samples: training ones for training, one per spelling on the validation ones (or, with no
+    validation split, on other training samples) for the validation figure, in a seeded random order
+    (the checks read at most 512). Their banned sets come with `_attach_banned`."""
+    import numpy as np
+    import random
+
     from cull.finetune.spellings import spelling_contexts
 
-    kw = dict(seed=cfg.seed, batch_size=cfg.gen_batch_size, progress=progress)
-    train = spelling_contexts(reference, tok, rules, data.retain, per_spelling=cfg.spelling_contexts, **kw)
-    # one per spelling is enough for the validation figure (a mean over every spelling)
-    val = spelling_contexts(reference, tok, rules, data.val_retain, per_spelling=1, **kw) if data.val_retain else []
+    top = np.asarray(data.retain[0].top_ids).shape[-1] if data.retain else 64  # stack with the retain set's K
+    kw = dict(batch_size=cfg.gen_batch_size, progress=progress, top=top)
+    train = spelling_contexts(reference, tok, rules, data.retain, per_spelling=cfg.spelling_contexts, seed=cfg.seed,
+                              **kw)
+    val = spelling_contexts(reference, tok, rules, data.val_retain or data.retain, per_spelling=1,
+                            seed=cfg.seed + 1, **kw)
+    random.Random(cfg.seed).shuffle(val)
     data.spelling += train
     data.val_spelling += val
-    say(f"Spelling contexts: {len(train)} (+ {len(val)} for validation) for the phrases' multi-token spellings")
 
 
 def _fmt(v: dict) -> str:

@@ -234,14 +234,14 @@ def evaluate(model, tokenizer, rules, prompts: list[str], n_samples: int = 8, te
             settings = dict(n_samples=n_samples, temperature=temperature, greedy=greedy,
                             max_new_tokens=max_new_tokens, seed=seed, chat=chat, batch_size=batch_size)
             key = cache.cache_key(reference_model, tokenizer, rules, prompts, settings, clean_texts, human_texts)
-            ref = cache.load(reference_cache, key)
-            res["reference_cache"] = {"path": str(reference_cache), "reused": ref is not None}
+            ref, status = cache.load(reference_cache, key)
+            res["reference_cache"] = {"path": str(reference_cache), "status": status}
         if ref is None:
             ref_gens = reference_gens if reference_gens is not None else run(reference_model, "reference", None)
             ref = {"_gens": ref_gens, **_measure(reference_model, tokenizer, rules, prompts, ref_gens,
                                                  own_clean_replies=True, **common)}
             if key is not None:
-                cache.save(reference_cache, key, ref)
+                res["reference_cache"]["save_error"] = cache.save(reference_cache, key, ref)
         ref_gens = ref["_gens"]
         ref_sampled = [g for g in ref_gens if not g.greedy]
         sampled = [g for g in gens if not g.greedy]

@@ -237,7 +237,11 @@ def test_finetune_command_errors(tmp_path, stories):
         args.func(args)
     args = parser.parse_args(["finetune", "--model", str(tmp_path / "nope"), "--phrase", PHRASE, "--out",
                               str(tmp_path / "o"), "--spelling-contexts", "-2"])
-    with pytest.raises(CullError, match="spelling_contexts .* must be >= 0"):  # before the (missing) model loads
+    with pytest.raises(CullError, match="--spelling-contexts must be >= 0"):  # before the (missing) model loads
+        args.func(args)
+    args = parser.parse_args(["finetune", "--model", str(tmp_path / "nope"), "--phrase", PHRASE, "--out",
+                              str(tmp_path / "o"), "--spelling-contexts", "2", "--retain-target", "base"])
+    with pytest.raises(CullError, match="--retain-target processor"):
         args.func(args)
 
 

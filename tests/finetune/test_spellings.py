@@ -41,14 +41,21 @@ def test_spellings_cover_cases_and_line_starts(gpt2_tok):
     from cull.finetune.spellings import multi_token_spellings
 
     tok = gpt2_tok
-    rules = cull.PhraseSet(["shimmering", "re:fo+", "*ness", cull.Rule("tapestry", action=cull.BIAS, delta=-2.0)])
-    got = {(tok.decode(ids), line) for ids, line in multi_token_spellings(rules, tok)}
-    assert all(text.strip().lower() == "shimmering" for text, _ in got)  # no regex, bias or leading-wildcard rule
+    rules = cull.PhraseSet(["shimmering", "re:fo+", cull.Rule("tapestry", action=cull.BIAS, delta=-2.0)])
+    spellings = multi_token_spellings(rules, tok)
+    got = {(tok.decode(sp.ids), sp.line_start) for sp in spellings}
+    assert all(text.strip().lower() == "shimmering" for text, _ in got)  # no regex or bias rule
     assert (" Shimmering", False) in got and ("Shimmering", True) in got
     assert all(text.startswith(" ") != line for text, line in got)
-    assert all(len(ids) >= 2 for ids, _ in multi_token_spellings(rules, tok))
+    assert all(len(sp.ids) >= 2 for sp in spellings)
+    # a line start after a blank line is tokenized as one text: GPT-2 writes "\n", "\n", then the word
+    blank = next(sp.after_blank_line for sp in spellings if sp.line_start and tok.decode(sp.ids) == "Shimmering")
+    assert tok.decode(blank) == "\n\nShimmering" and blank == tok.encode("a\n\nShimmering")[1:]
     exact = cull.PhraseSet(["shimmering"], ignore_case=False)
-    assert {tok.decode(ids).strip() for ids, _ in multi_token_spellings(exact, tok)} == {"shimmering"}
+    assert {tok.decode(sp.ids).strip() for sp in multi_token_spellings(exact, tok)} == {"shimmering"}
+    # whole_words=False makes every rule a wildcard; the phrase as a word of its own still counts
+    loose = cull.PhraseSet(["shimmering"], whole_words=False)
+    assert {tok.decode(sp.ids) for sp in multi_token_spellings(loose, tok)} == {t for t, _ in got}
 
 
 @pytest.mark.parametrize("which", ["stories", "gpt2"])
@@ -56,7 +63,7 @@ def test_contexts_end_on_the_token_the_processor_bans(which, stories, gpt2_tok):
     """Each context is a host's prefix, cut at a word start (or the reply start), then the spelling;
     at its last position the processor bans the token that completes the phrase, and nowhere before."""
     from cull.finetune.banned import attach_banned
-    from cull.finetune.spellings import multi_token_spellings, spelling_hosts
+    from cull.finetune.spellings import multi_token_spellings, reachable, spelling_hosts
 
     model, tok = stories
     if which == "gpt2":
@@ -68,16 +75,37 @@ def test_contexts_end_on_the_token_the_processor_bans(which, stories, gpt2_tok):
     assert len(todo) == 3 * len(spellings)
     ex = [RetainExample(ids, pos, prompt_index=pi, start=st) for ids, pos, pi, st in todo]
     attach_banned(ex, rules, tok, max(len(tok), model.config.vocab_size))
-    by_ids = {tuple(ids) for ids, _ in spellings}
+    assert reachable(ex) == ex
+    tails = {tuple(sp.ids) for sp in spellings} | {tuple(sp.after_blank_line) for sp in spellings if sp.line_start}
     for r in ex:
         host = hosts[r.prompt_index].ids
-        tail = next(s for s in by_ids if tuple(r.ids[-len(s):]) == s)
-        left = r.ids[:-len(tail)]
-        assert r.positions == list(range(len(left) + 1, len(r.ids)))
-        assert left[:r.start] == host[:r.start] and len(left) <= r.start + 32 + 2
+        left = r.ids[:r.positions[0]]
+        assert tuple(r.ids[len(left):]) in tails and r.positions == list(range(len(left), len(r.ids)))
+        assert left == host[:len(left)] and r.start <= len(left) <= r.start + 32
+        if len(left) > r.start:  # cut at a word start: the host's next token began with a space
+            before = tok.decode(host[r.start:len(left)], skip_special_tokens=True)
+            assert tok.decode(host[r.start:len(left) + 1], skip_special_tokens=True)[len(before)] == " "
         assert r.ids[-1] in r.banned[-1], tok.decode(r.ids[r.start:])
         assert all(r.ids[p] not in b for p, b in zip(r.positions[:-1], r.banned[:-1]))
         assert cull.find(tok.decode(r.ids[r.start:], skip_special_tokens=True), rules)
+
+
+def test_unreachable_contexts_are_left_out(gpt2_tok):
+    """With "testament" and "a testament to" both banned, " a testament to" passes through a banned
+    token; the processor could never have written it, so its context is dropped."""
+    from cull.finetune.banned import attach_banned
+    from cull.finetune.spellings import multi_token_spellings, reachable, spelling_hosts
+
+    tok = gpt2_tok
+    rules = cull.PhraseSet(["testament", "a testament to"])
+    hosts = _hosts(tok, TEXTS)
+    ex = [RetainExample(ids, pos, prompt_index=pi, start=st)
+          for ids, pos, pi, st in spelling_hosts(tok, multi_token_spellings(rules, tok), hosts, per_spelling=2)]
+    attach_banned(ex, rules, tok, len(tok))
+    kept = reachable(ex)
+    nested = [r for r in ex if "testament to" in tok.decode(r.ids[r.positions[0]:]).lower()]
+    assert nested and not any(r in kept for r in nested)
+    assert kept and all("testament to" not in tok.decode(r.ids[r.positions[0]:]).lower() for r in kept)
 
 
 def test_step_loss_with_spellings_equals_plain_forwards(stories):

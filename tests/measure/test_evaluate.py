@@ -251,8 +251,8 @@ def test_reference_is_measured_without_the_processor(stories):
 
 def test_reference_cache_reuses_the_same_measurements_and_only_those(stories, tmp_path):
     """A second run with the same inputs reuses the cached reference and reports exactly what a fresh
-    run does; another phrase list or other reference weights measure it again; a broken file is a
-    clear error."""
+    run does; another phrase list, one changed row of the reference's weights, or another chat
+    template measure it again; a broken file is a clear error."""
     import copy
 
     import torch
@@ -263,23 +263,27 @@ def test_reference_cache_reuses_the_same_measurements_and_only_those(stories, tm
     tuned = copy.deepcopy(model)
     with torch.no_grad():
         tuned.lm_head.weight.mul_(0.9)  # a different model to compare with the base
-    cache = tmp_path / "ref.json"
+    cache = tmp_path / "new" / "dir" / "ref.json"  # folders made as needed
     kw = dict(n_samples=8, max_new_tokens=10, batch_size=8, reference_model=model, progress=False,
               clean_texts=["One day, a cat sat on the mat."], human_texts=["The dog ran to the park."])
     first = evaluate(tuned, tok, [PHRASE], [""], reference_cache=cache, **kw)
     again = evaluate(tuned, tok, [PHRASE], [""], reference_cache=cache, **kw)
     fresh = evaluate(tuned, tok, [PHRASE], [""], **kw)
-    assert first["reference_cache"]["reused"] is False and again["reference_cache"]["reused"] is True
-    drop = ("reference_cache",)
-    assert {k: v for k, v in public(again).items() if k not in drop} == public(fresh)
+    assert first["reference_cache"]["status"] == "absent" and first["reference_cache"]["save_error"] is None
+    assert again["reference_cache"]["status"] == "reused"
+    assert {k: v for k, v in public(again).items() if k != "reference_cache"} == public(fresh)
     assert again["reference"]["sampled"]["hits"] > 0
-    other = evaluate(tuned, tok, ["a little"], [""], reference_cache=cache, **kw)
-    assert other["reference_cache"]["reused"] is False
+    assert evaluate(tuned, tok, ["a little"], [""], reference_cache=cache, **kw)["reference_cache"]["status"] == "stale"
     moved = copy.deepcopy(model)
     with torch.no_grad():
-        moved.model.norm.weight.add_(1e-3)
+        moved.model.embed_tokens.weight[7] += 1e-3  # one row of a large tensor
     kw["reference_model"] = moved
-    assert evaluate(tuned, tok, ["a little"], [""], reference_cache=cache, **kw)["reference_cache"]["reused"] is False
+    assert evaluate(tuned, tok, ["a little"], [""], reference_cache=cache, **kw)["reference_cache"]["status"] == "stale"
+    assert evaluate(tuned, tok, ["a little"], [""], reference_cache=cache, **kw)["reference_cache"]["status"] == "reused"
+    templated = copy.deepcopy(tok)
+    templated.chat_template = "{% for m in messages %}Q: {{ m['content'] }}\nA:{% endfor %}"
+    got = evaluate(tuned, templated, ["a little"], [""], reference_cache=cache, **kw)
+    assert got["reference_cache"]["status"] == "stale"
     cache.write_text("{not json")
     with pytest.raises(CullError, match="delete it"):
         evaluate(tuned, tok, ["a little"], [""], reference_cache=cache, **kw)
