@@ -199,7 +199,7 @@ def finetune(model, tok, rules, prompts, out_dir, cfg: FinetuneConfig | None = N
                  and w.retain_under_processor and (w.kl or w.ban))
     data.spelling, data.val_spelling = [], []  # built here, for this run's rules (the caller's data may be shared)
     if spell:
-        _add_spellings(model, tok, rules, data, cfg, progress, say)
+        _add_spellings(model, tok, rules, data, cfg, progress)
     dropped = _attach_banned(data, rules, tok, vocab_size)  # the retain target (an option) and a validation figure
     if spell:
         say(f"Spelling contexts: {len(data.spelling)} (+ {len(data.val_spelling)} for validation) for the phrases' "
@@ -262,7 +262,7 @@ def finetune(model, tok, rules, prompts, out_dir, cfg: FinetuneConfig | None = N
             if extra.stats.get("added_phrases"):
                 if spell:
                     new_rules = rules.with_rules(rules.rules[-len(extra.stats["added_phrases"]):])
-                    _add_spellings(reference, tok, new_rules, data, cfg, progress, say)
+                    _add_spellings(reference, tok, new_rules, data, cfg, progress)
                 _attach_banned(data, rules, tok, vocab_size)
             data.preference += extra.preference
             data.val_preference += extra.val_preference
@@ -305,7 +305,7 @@ def _attach_banned(data, rules, tok, vocab_size) -> int:
     return before - len(data.spelling) - len(data.val_spelling)
 
 
-def _add_spellings(reference, tok, rules, data, cfg, progress, say):
+def _add_spellings(reference, tok, rules, data, cfg, progress):
     """Append the spelling contexts of `rules` (cull.finetune.spellings) to the data, on its own
     retain samples: training ones for training, one per spelling on the validation ones (or, with no
     validation split, on other training samples) for the validation figure, in a seeded random order

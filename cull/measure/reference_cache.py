@@ -91,6 +91,9 @@ def save(path, key: str, ref: dict) -> str | None:
         try:
             with os.fdopen(fd, "w") as f:
                 json.dump({"key": key, "result": keep}, f)
+            umask = os.umask(0)
+            os.umask(umask)
+            os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes it private; the cache is an ordinary file
             os.replace(tmp, path)
         except BaseException:
             Path(tmp).unlink(missing_ok=True)

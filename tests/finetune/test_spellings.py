@@ -32,6 +32,7 @@ def _hosts(tok, texts):
     return out
 
 
+PHRASE = "Once upon a time"
 TEXTS = ["One day, a little girl went to the park with her mom. She saw a big red ball.",
          "Tom had a dog. The dog liked to run and jump in the sun all day long.",
          "The bird sang a song in the tree. Then it flew away to find some food."]
@@ -152,3 +153,26 @@ def test_step_loss_with_spellings_equals_plain_forwards(stories):
         want = sum(float(p[k, list(r.banned[-1])].sum()) for k, r in enumerate(spell)) / len(spell)
         assert spelling_mass(model, spell, 0, "cpu", batch_size=3) == pytest.approx(want, abs=1e-5)
         assert want > 0.05  # the base does complete the phrase there: a real signal to train on
+
+
+def test_spelling_mass_bench_on_stories(tmp_path, stories):
+    """bench/finetune_spelling_mass.py measures the base and each model on the same contexts: the
+    base against itself gives the same figure, and the base does complete the phrase there."""
+    import sys
+    from pathlib import Path
+
+    from cull.finetune import build_data
+
+    model, tok = stories
+    path = need_data("models", "stories260K")
+    data = build_data(model, tok, cull.PhraseSet([PHRASE]), [""], n_samples=16, max_new_tokens=10, seed=0,
+                      progress=False)
+    data.save(tmp_path / "data.json")
+    (tmp_path / "p.txt").write_text(PHRASE + "\n")
+    sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
+    from bench.finetune_spelling_mass import main
+
+    row = main(["--data", str(tmp_path / "data.json"), "--phrases", str(tmp_path / "p.txt"), "--base", str(path),
+                "--model", f"same={path}", "--threads", "1", "--out-dir", str(tmp_path)])
+    assert row["contexts"] > 0 and row["base"] > 0.05 and row["same"] == pytest.approx(row["base"])
+    assert list(tmp_path.glob("finetune-spelling-mass-*.json"))
