@@ -129,3 +129,22 @@ def spelling_contexts(reference, tok, rules, hosts: list[RetainExample], *, per_
                           max_left=max_left, seed=seed)
     return reference_top(reference, tok, todo, top=top, batch_size=batch_size, progress=progress,
                          desc="spelling contexts")
+
+
+def add_spelling_contexts(reference, tok, rules, data, cfg, progress: bool = False) -> None:
+    """Append the spelling contexts of `rules` to `data` (a FinetuneData), on its own retain samples:
+    `cfg.spelling_contexts` per spelling on the training ones, and for the validation figure one per
+    spelling on the validation ones (or, with no validation split, on training samples drawn with
+    another seed), in a seeded random order (the checks read at most 512). Their banned sets come
+    afterwards (the caller attaches them and keeps the `reachable` ones)."""
+    import numpy as np
+
+    top = np.asarray(data.retain[0].top_ids).shape[-1] if data.retain else 64  # stack with the retain set's K
+    kw = dict(batch_size=cfg.gen_batch_size, progress=progress, top=top)
+    train = spelling_contexts(reference, tok, rules, data.retain, per_spelling=cfg.spelling_contexts, seed=cfg.seed,
+                              **kw)
+    val = spelling_contexts(reference, tok, rules, data.val_retain or data.retain, per_spelling=1,
+                            seed=cfg.seed + 1, **kw)
+    random.Random(cfg.seed).shuffle(val)
+    data.spelling += train
+    data.val_spelling += val

@@ -23,6 +23,7 @@ from cull.finetune.data import FinetuneData, build_data
 from cull.finetune.banned import attach_banned
 from cull.finetune.loop import TrainingLoop
 from cull.finetune.phrase_rows import PhraseRows, context_free_tokens, find_rows, rows_off, rows_supported
+from cull.finetune.spellings import add_spelling_contexts, reachable
 from cull.finetune.loss import LossWeights
 
 LORA_TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj",
@@ -199,7 +200,7 @@ def finetune(model, tok, rules, prompts, out_dir, cfg: FinetuneConfig | None = N
                  and w.retain_under_processor and (w.kl or w.ban))
     data.spelling, data.val_spelling = [], []  # built here, for this run's rules (the caller's data may be shared)
     if spell:
-        _add_spellings(model, tok, rules, data, cfg, progress)
+        add_spelling_contexts(model, tok, rules, data, cfg, progress)
     dropped = _attach_banned(data, rules, tok, vocab_size)  # the retain target (an option) and a validation figure
     if spell:
         say(f"Spelling contexts: {len(data.spelling)} (+ {len(data.val_spelling)} for validation) for the phrases' "
@@ -262,7 +263,7 @@ def finetune(model, tok, rules, prompts, out_dir, cfg: FinetuneConfig | None = N
             if extra.stats.get("added_phrases"):
                 if spell:
                     new_rules = rules.with_rules(rules.rules[-len(extra.stats["added_phrases"]):])
-                    _add_spellings(reference, tok, new_rules, data, cfg, progress)
+                    add_spelling_contexts(reference, tok, new_rules, data, cfg, progress)
                 _attach_banned(data, rules, tok, vocab_size)
             data.preference += extra.preference
             data.val_preference += extra.val_preference
@@ -297,33 +298,10 @@ def _attach_banned(data, rules, tok, vocab_size) -> int:
     """What cull's processor bans at each retain position (cull.finetune.banned): the retain target with
     `retain_under_processor`, and the banned mass the validation checks report. Spelling contexts the
     processor could not have produced are dropped; returns how many."""
-    from cull.finetune.spellings import reachable
-
     attach_banned(data.retain + data.val_retain + data.spelling + data.val_spelling, rules, tok, vocab_size)
     before = len(data.spelling) + len(data.val_spelling)
     data.spelling, data.val_spelling = reachable(data.spelling), reachable(data.val_spelling)
     return before - len(data.spelling) - len(data.val_spelling)
-
-
-def _add_spellings(reference, tok, rules, data, cfg, progress):
-    """Append the spelling contexts of `rules` (cull.finetune.spellings) to the data, on its own
-    retain samples: training ones for training, one per spelling on the validation ones (or, with no
-    validation split, on other training samples) for the validation figure, in a seeded random order
-    (the checks read at most 512). Their banned sets come with `_attach_banned`."""
-    import numpy as np
-    import random
-
-    from cull.finetune.spellings import spelling_contexts
-
-    top = np.asarray(data.retain[0].top_ids).shape[-1] if data.retain else 64  # stack with the retain set's K
-    kw = dict(batch_size=cfg.gen_batch_size, progress=progress, top=top)
-    train = spelling_contexts(reference, tok, rules, data.retain, per_spelling=cfg.spelling_contexts, seed=cfg.seed,
-                              **kw)
-    val = spelling_contexts(reference, tok, rules, data.val_retain or data.retain, per_spelling=1,
-                            seed=cfg.seed + 1, **kw)
-    random.Random(cfg.seed).shuffle(val)
-    data.spelling += train
-    data.val_spelling += val
 
 
 def _fmt(v: dict) -> str:

@@ -235,6 +235,11 @@ def evaluate(model, tokenizer, rules, prompts: list[str], n_samples: int = 8, te
                             max_new_tokens=max_new_tokens, seed=seed, chat=chat, batch_size=batch_size)
             key = cache.cache_key(reference_model, tokenizer, rules, prompts, settings, clean_texts, human_texts)
             ref, status = cache.load(reference_cache, key)
+            if ref is not None:
+                try:
+                    ref["_gens"] = [Generation(**g) for g in ref["_gens"]]
+                except TypeError:  # written by another version of Generation
+                    ref, status = None, "stale"
             res["reference_cache"] = {"path": str(reference_cache), "status": status}
         if ref is None:
             ref_gens = reference_gens if reference_gens is not None else run(reference_model, "reference", None)

@@ -57,10 +57,9 @@ def cache_key(model, tok, rules, prompts, settings: dict, clean_texts=None, huma
 
 
 def load(path, key: str) -> tuple[dict | None, str]:
-    """(the cached reference result, "reused") when the file holds one for `key`; else (None,
-    "absent") or (None, "stale": made for other inputs or by another version of the cache)."""
-    from cull.measure.evaluate import Generation
-
+    """(the cached reference result, "reused") when the file holds one for `key`, its generations as
+    plain dicts (`evaluate` makes them Generations again); else (None, "absent") or (None, "stale":
+    made for other inputs or by another version of the cache)."""
     path = Path(path)
     if not path.is_file():
         return None, "absent"
@@ -71,10 +70,8 @@ def load(path, key: str) -> tuple[dict | None, str]:
             from None
     if not isinstance(doc, dict) or doc.get("key") != key:
         return None, "stale"
-    try:
-        ref = doc["result"]
-        ref["_gens"] = [Generation(**g) for g in ref["_gens"]]
-    except (KeyError, TypeError):
+    ref = doc.get("result")
+    if not isinstance(ref, dict) or not isinstance(ref.get("_gens"), list):
         return None, "stale"
     return ref, "reused"
 
