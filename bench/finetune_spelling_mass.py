@@ -22,7 +22,7 @@ def main(argv=None):
 
     from cull.finetune import FinetuneData
     from cull.finetune.banned import attach_banned
-    from cull.finetune.spellings import reachable, spelling_contexts
+    from cull.finetune.spellings import reachable, validation_contexts
     from cull.finetune.steps import spelling_mass
     from cull.finetune.train import logits_width
     from cull.measure.models import load_model
@@ -43,9 +43,7 @@ def main(argv=None):
     rules = PhraseSet.load(args.phrases)
     data = FinetuneData.load(args.data)
     base, tok = load_model(args.base, threads=args.threads)
-    hosts = data.val_retain or data.retain
-    top = len(hosts[0].top_ids[0]) if hosts else 64
-    ctx = spelling_contexts(base, tok, rules, hosts, per_spelling=1, seed=args.seed, top=top)
+    ctx = validation_contexts(base, tok, rules, data, seed=args.seed)  # what cull finetune validates on
     attach_banned(ctx, rules, tok, logits_width(base))
     ctx = reachable(ctx)
     pad = tok.pad_token_id if tok.pad_token_id is not None else 0

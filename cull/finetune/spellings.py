@@ -89,13 +89,15 @@ def spelling_hosts(tok, spellings: list[Spelling], hosts: list[RetainExample], *
     after a blank line, or as the reply's first words). Positions: every appended token."""
     rng = random.Random(seed)
     usable = [h for h in hosts if h.ids and _reply_start(h) is not None and _reply_start(h) < len(h.ids)]
-    out = []
+    out, word_starts = [], {}  # a host serves many spellings: decode its word starts once
     if not usable:
         return out
     for sp in spellings:
         for host in rng.sample(usable, min(per_spelling, len(usable))):
             start = _reply_start(host)
-            cuts = _word_starts(tok, host.ids, start + 1, start + max_left)
+            if id(host) not in word_starts:
+                word_starts[id(host)] = _word_starts(tok, host.ids, start + 1, start + max_left)
+            cuts = word_starts[id(host)]
             if sp.line_start and (not cuts or not sp.after_blank_line or rng.random() < 0.5):
                 left, tail = host.ids[:start], sp.ids  # the reply starts with it
             elif cuts:
@@ -131,20 +133,29 @@ def spelling_contexts(reference, tok, rules, hosts: list[RetainExample], *, per_
                          desc="spelling contexts")
 
 
-def add_spelling_contexts(reference, tok, rules, data, cfg, progress: bool = False) -> None:
-    """Append the spelling contexts of `rules` to `data` (a FinetuneData), on its own retain samples:
-    `cfg.spelling_contexts` per spelling on the training ones, and for the validation figure one per
-    spelling on the validation ones (or, with no validation split, on training samples drawn with
-    another seed), in a seeded random order (the checks read at most 512). Their banned sets come
-    afterwards (the caller attaches them and keeps the `reachable` ones)."""
+def validation_contexts(reference, tok, rules, data, *, seed: int, batch_size: int = 16,
+                        progress: bool = False) -> list[RetainExample]:
+    """One spelling context per spelling for the validation figure, on the data's validation samples
+    (or, with no validation split, on its training samples), with the retain set's top-K width."""
+    return spelling_contexts(reference, tok, rules, data.val_retain or data.retain, per_spelling=1, seed=seed,
+                             top=_top_width(data), batch_size=batch_size, progress=progress)
+
+
+def _top_width(data) -> int:
     import numpy as np
 
-    top = np.asarray(data.retain[0].top_ids).shape[-1] if data.retain else 64  # stack with the retain set's K
-    kw = dict(batch_size=cfg.gen_batch_size, progress=progress, top=top)
+    return np.asarray(data.retain[0].top_ids).shape[-1] if data.retain else 64  # stacks with the retain set's K
+
+
+def add_spelling_contexts(reference, tok, rules, data, cfg, progress: bool = False) -> None:
+    """Append the spelling contexts of `rules` to `data` (a FinetuneData): `cfg.spelling_contexts`
+    per spelling on its training samples, and the `validation_contexts` (seed + 1) in a seeded random
+    order (the checks read at most 512). Their banned sets come afterwards (the caller attaches them
+    and keeps the `reachable` ones)."""
     train = spelling_contexts(reference, tok, rules, data.retain, per_spelling=cfg.spelling_contexts, seed=cfg.seed,
-                              **kw)
-    val = spelling_contexts(reference, tok, rules, data.val_retain or data.retain, per_spelling=1,
-                            seed=cfg.seed + 1, **kw)
+                              top=_top_width(data), batch_size=cfg.gen_batch_size, progress=progress)
+    val = validation_contexts(reference, tok, rules, data, seed=cfg.seed + 1, batch_size=cfg.gen_batch_size,
+                              progress=progress)
     random.Random(cfg.seed).shuffle(val)
     data.spelling += train
     data.val_spelling += val
