@@ -75,6 +75,11 @@ def add_parser(subparsers):
                    help="retain contexts per multi-token spelling of a phrase (\" Travel\"+\"er\"), cut from the "
                         "model's own samples, where the processor's ban is trained in; 0: none (default: 4 with "
                         "--retain-target processor; it needs that target and acts with --method cull only)")
+    g.add_argument("--mention-prompts", type=int, default=None, metavar="N",
+                   help="prompts per phrase that name it (\"Write a short story about {phrase}.\"), answered by the "
+                        "model with the processor on; the replies join the retain objective, so the model learns "
+                        "not to copy a phrase from the prompt; 0: none (default: 2 with --retain-target processor; "
+                        "it needs that target and acts with --method cull only)")
     g.add_argument("--beta", type=float, default=1.0, metavar="B",
                    help="sharpness of the preference term: softplus(beta * (margin - logit gap))")
     g.add_argument("--margin", type=float, default=2.0, metavar="M",
@@ -110,16 +115,19 @@ def config_from_args(args):
     if args.w_ban and args.retain_target != "processor":
         raise CullError("--w-ban acts on the processor's bans at the retain positions; it needs --retain-target "
                         "processor (the default)")
-    if args.spelling_contexts is not None and args.spelling_contexts < 0:
-        raise CullError(f"--spelling-contexts must be >= 0, got {args.spelling_contexts}")
-    if args.spelling_contexts and args.retain_target != "processor":
-        raise CullError("--spelling-contexts trains the processor's bans into the retain objective; it needs "
-                        "--retain-target processor (the default)")
+    for flag in ("spelling_contexts", "mention_prompts"):
+        value, name = getattr(args, flag), "--" + flag.replace("_", "-")
+        if value is not None and value < 0:
+            raise CullError(f"{name} must be >= 0, got {value}")
+        if value and args.retain_target != "processor":
+            raise CullError(f"{name} trains the processor's bans into the retain objective; it needs "
+                            "--retain-target processor (the default)")
     if args.retain_target != "processor":
-        w_ban, spelling = 0.0, 0
+        w_ban, spelling, mentions = 0.0, 0, 0
     else:
         w_ban = LossWeights().ban if args.w_ban is None else args.w_ban
         spelling = FinetuneConfig.spelling_contexts if args.spelling_contexts is None else args.spelling_contexts
+        mentions = FinetuneConfig.mention_prompts if args.mention_prompts is None else args.mention_prompts
 
     cfg = FinetuneConfig(
         steps=args.steps, lr=args.lr, batch_size=args.batch_size, retain_batch_size=args.retain_batch_size,
@@ -127,7 +135,7 @@ def config_from_args(args):
         lora_targets=tuple(args.lora_targets.split(",")) if args.lora_targets else None,
         weights=LossWeights(args.w_pref, args.w_ul, args.w_kl, args.beta, args.margin, tether=args.w_tether,
                             retain_under_processor=args.retain_target == "processor", ban=w_ban),
-        phrase_rows=args.phrase_rows == "on", spelling_contexts=spelling,
+        phrase_rows=args.phrase_rows == "on", spelling_contexts=spelling, mention_prompts=mentions,
         seed=args.seed, rounds=args.rounds, method=args.method, dtype=args.dtype, warmup=args.warmup,
         eval_every=args.eval_every, val_samples=args.val_samples, max_ppl_rise=args.max_ppl_rise,
         checkpoint_every=args.checkpoint_every, adapter_only=args.adapter_only, n_samples=args.n_samples,

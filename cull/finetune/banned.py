@@ -13,6 +13,8 @@ follow the matcher's semantics exactly (case, word boundaries, tokenizations).
 """
 from __future__ import annotations
 
+EVENT_MASS = 0.01  # a position where the base gives the banned tokens this much is a ban event
+
 
 def banned_per_position(processor, ids: list[int], positions: list[int], vocab_size: int,
                         start: int | None = None) -> list[tuple]:
@@ -74,3 +76,13 @@ def banned_mask(retain: list, n_rows: int, vocab_size: int, device):
     if rows:
         mask[torch.tensor(rows, device=device), torch.tensor(cols, device=device)] = True
     return mask
+
+
+def base_banned_mass(r) -> list[float]:
+    """Per position of a retain example with banned sets, the base's probability (from its stored
+    top K) of the tokens banned there."""
+    import numpy as np
+
+    ids, logp = np.asarray(r.top_ids), np.asarray(r.top_logp, dtype=np.float32)
+    return [float(np.exp(lp[np.isin(row, ban)]).sum()) if ban else 0.0
+            for row, lp, ban in zip(ids, logp, r.banned)]

@@ -4,10 +4,12 @@ the validation checks (see `steps.validate` and `steps.checkpoint_score`).
 Every `eval_every` steps the loop measures the held-out win rate, the held-out perplexity of clean
 samples and (with `val_samples`) the phrase hits in fresh samples of the validation prompts. It
 keeps the best checkpoint so far (fewest hits within the perplexity budget, then lowest held-out
-p(rejected) plus spelling mass, then highest win rate) and stops when the win rate reaches `stop_win` and the mean
-held-out p(rejected) is at most `stop_p_rejected` and the banned mass of the held-out spelling
-contexts at most `stop_spelling_mass`, with no validation hits, when the perplexity rise
-passes twice the budget, or after `patience` checks with no better checkpoint. The best checkpoint's
+p(rejected) plus spelling and mention mass, then highest win rate) and stops when the win rate
+reaches `stop_win`, the mean held-out p(rejected) is at most `stop_p_rejected`, the banned mass of
+the held-out spelling contexts at most `stop_spelling_mass` and that of the held-out mention
+contexts at most `stop_mention_mass`, with no validation hits; when the perplexity rise passes twice
+the budget at two checks in a row (one such check is often the transient of the peak learning
+rate); or after `patience` checks with no better checkpoint. The best checkpoint's
 weights are restored at the end of the round. With several processes (accelerate launch) the checks
 are off: a stop decided on one process would leave the others waiting in their all-reduce.
 """
@@ -39,6 +41,21 @@ def lr_factor(step: int, steps: int, warmup: float, min_lr: float) -> float:
     return min_lr + (1 - min_lr) * 0.5 * (1 + math.cos(math.pi * min(t, 1.0)))
 
 
+def stop_reason(v: dict, score: tuple, cfg, over: int, stale: int) -> str | None:
+    """Why to stop after the validation check `v` (None: go on). `score` is its `checkpoint_score`,
+    `over` the number of checks in a row with the perplexity rise above twice the budget, `stale`
+    the number of checks since the best one."""
+    if (v.get("win_rate", 0) >= cfg.stop_win and v.get("p_rejected", 0) <= cfg.stop_p_rejected
+            and v.get("spelling_mass", 0) <= cfg.stop_spelling_mass
+            and v.get("mention_mass", 0) <= cfg.stop_mention_mass and v.get("hits", 0) == 0 and score[0] == 0):
+        return "every held-out target is met"
+    if over >= 2:
+        return f"the perplexity rise passed {2 * cfg.max_ppl_rise:.1%} at two checks in a row"
+    if stale >= cfg.patience:
+        return f"no better checkpoint in {stale} checks"
+    return None
+
+
 class TrainingLoop:
     def __init__(self, acc, model, opt, params, tok, pad, cfg, lr, out, say, progress):
         self.acc, self.model, self.opt, self.params = acc, model, opt, params
@@ -56,7 +73,7 @@ class TrainingLoop:
         v = validate(m, self.tok, [e for e in examples if e.chosen][:64], retain[:32], self.pad, self.acc.device,
                      rules=rules, prompts=val_prompts, n_samples=cfg.val_samples,
                      max_new_tokens=min(cfg.max_new_tokens, 64), seed=cfg.seed + 7, chat=cfg.chat,
-                     batch_size=min(cfg.gen_batch_size, 16), spelling=spelling)
+                     batch_size=min(cfg.gen_batch_size, 16), spelling=spelling, mentions=data.val_mentions[:64])
         if was:
             m.train()
         if math.isfinite(self.base_nll) and "nll" in v:
@@ -85,7 +102,7 @@ class TrainingLoop:
         if cfg.method == "nat":
             tag = self.tok(NAT_TAG, add_special_tokens=False)["input_ids"]
             nat = nat_sequences(data, tag, self.tok.bos_token_id)
-        checks, best, best_state, stale, stopped = [], None, None, 0, None
+        checks, best, best_state, stale, stopped, over = [], None, None, 0, None, 0
         self.model.train()
         bar = tqdm(range(start, cfg.steps), desc=f"fine-tuning (round {rnd + 1})",
                    disable=not self.progress or not acc.is_main_process, initial=start, total=cfg.steps)
@@ -98,12 +115,15 @@ class TrainingLoop:
                               acc.num_processes)
             spelling = batch_of(data.spelling, cfg.spelling_batch_size, seed + 3, step, acc.process_index,
                                 acc.num_processes)
+            mentions = batch_of(data.mentions, cfg.mention_batch_size, seed + 4, step, acc.process_index,
+                                acc.num_processes)
             nat_batch = batch_of(nat, cfg.batch_size, seed + 2, step, acc.process_index, acc.num_processes) \
                 if nat is not None else None
             try:
                 with torch.autocast(acc.device.type, dtype=torch.bfloat16, enabled=cfg.dtype == "bf16"):
                     loss, parts = step_loss(self.model, pref, retain, self.pad, weights, acc.device,
-                                            method=cfg.method, nat=nat_batch, spelling=spelling)
+                                            method=cfg.method, nat=nat_batch,
+                                            spelling=spelling + mentions)
                 self.opt.zero_grad(set_to_none=True)
                 acc.backward(loss)
                 acc.clip_grad_norm_(self.params, 1.0)
@@ -111,8 +131,8 @@ class TrainingLoop:
             except RuntimeError as exc:
                 if "out of memory" in str(exc).lower():
                     raise CullError(f"ran out of memory at step {step} with batch size {cfg.batch_size} (+ "
-                                    f"{cfg.retain_batch_size} retain sequences and {cfg.spelling_batch_size} "
-                                    f"spelling contexts); pass --batch-size {max(1, cfg.batch_size // 2)} and "
+                                    f"{cfg.retain_batch_size} retain sequences, {cfg.spelling_batch_size} "
+                                    f"spelling contexts and {cfg.mention_batch_size} mention contexts); pass --batch-size {max(1, cfg.batch_size // 2)} and "
                                     f"--retain-batch-size {max(0, cfg.retain_batch_size // 2)}") from None
                 raise
             parts["loss"] = float(loss.detach())
@@ -128,17 +148,16 @@ class TrainingLoop:
                 checks.append(v)
                 self.say(f"Validation at step {step + 1}: {json.dumps({k: round(x, 4) if isinstance(x, float) else x for k, x in v.items()})}")
                 score = checkpoint_score(v, self.base_nll, cfg.max_ppl_rise)
+                over = over + 1 if v.get("ppl_rise", 0) > 2 * cfg.max_ppl_rise else 0
                 if best is None or score < best:
                     best, best_state, stale = score, self._trainable_state(), 0
                     v["best"] = True
                 else:
                     stale += 1
-                if (v.get("win_rate", 0) >= cfg.stop_win and v.get("p_rejected", 0) <= cfg.stop_p_rejected
-                        and v.get("spelling_mass", 0) <= cfg.stop_spelling_mass and v.get("hits", 0) == 0
-                        and score[0] == 0) \
-                        or v.get("ppl_rise", 0) > 2 * cfg.max_ppl_rise or stale >= cfg.patience:
+                why = stop_reason(v, score, cfg, over, stale)
+                if why:
                     stopped = step + 1
-                    self.say(f"Early stop at step {step + 1}")
+                    self.say(f"Early stop at step {step + 1}: {why}")
                     break
         bar.close()
         if best_state is not None and acc.num_processes == 1:

@@ -41,6 +41,9 @@ class FinetuneData:
     # multi-token spellings placed in retain samples (cull.finetune.spellings); rebuilt, not saved
     spelling: list = field(default_factory=list)
     val_spelling: list = field(default_factory=list)
+    # replies to prompts that name a phrase (cull.finetune.mentions); rebuilt, not saved
+    mentions: list = field(default_factory=list)
+    val_mentions: list = field(default_factory=list)
 
     def save(self, path) -> None:
         import numpy as np

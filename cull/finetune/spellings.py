@@ -138,10 +138,10 @@ def validation_contexts(reference, tok, rules, data, *, seed: int, batch_size: i
     """One spelling context per spelling for the validation figure, on the data's validation samples
     (or, with no validation split, on its training samples), with the retain set's top-K width."""
     return spelling_contexts(reference, tok, rules, data.val_retain or data.retain, per_spelling=1, seed=seed,
-                             top=_top_width(data), batch_size=batch_size, progress=progress)
+                             top=top_width(data), batch_size=batch_size, progress=progress)
 
 
-def _top_width(data) -> int:
+def top_width(data) -> int:
     import numpy as np
 
     return np.asarray(data.retain[0].top_ids).shape[-1] if data.retain else 64  # stacks with the retain set's K
@@ -153,7 +153,7 @@ def add_spelling_contexts(reference, tok, rules, data, cfg, progress: bool = Fal
     order (the checks read at most 512). Their banned sets come afterwards (the caller attaches them
     and keeps the `reachable` ones)."""
     train = spelling_contexts(reference, tok, rules, data.retain, per_spelling=cfg.spelling_contexts, seed=cfg.seed,
-                              top=_top_width(data), batch_size=cfg.gen_batch_size, progress=progress)
+                              top=top_width(data), batch_size=cfg.gen_batch_size, progress=progress)
     val = validation_contexts(reference, tok, rules, data, seed=cfg.seed + 1, batch_size=cfg.gen_batch_size,
                               progress=progress)
     random.Random(cfg.seed).shuffle(val)

@@ -14,7 +14,7 @@ from __future__ import annotations
 import math
 import random
 
-from cull.finetune.banned import banned_mask
+from cull.finetune.banned import EVENT_MASS, banned_mask
 from cull.finetune.loss import LossWeights, total_loss
 
 NAT_TAG = "[Negative example: overused phrases]\n"
@@ -92,9 +92,10 @@ def check_kept(logits, keep):
 
 
 def step_loss(model, pref, retain, pad, w: LossWeights, device, method: str = "cull", nat=None, spelling=()):
-    """The loss of one batch and its parts. `spelling`: spelling contexts (cull.finetune.spellings),
-    short sequences forwarded apart from the long retain ones; they join the KL and banned-mass
-    terms, not the MLE one (their last token is the banned one)."""
+    """The loss of one batch and its parts. `spelling`: spelling contexts (cull.finetune.spellings)
+    and mention contexts (cull.finetune.mentions), forwarded apart from the long retain sequences;
+    they join the KL and banned-mass terms, not the MLE one (a spelling context ends on a banned
+    token)."""
     import numpy as np
     import torch
 
@@ -144,13 +145,15 @@ def nat_loss(model, seqs, pad, device):
 
 
 def validate(model, tok, examples, retain, pad, device, *, rules=None, prompts=None, n_samples: int = 0,
-             max_new_tokens: int = 64, seed: int = 0, chat=None, batch_size: int = 8, spelling=()) -> dict:
+             max_new_tokens: int = 64, seed: int = 0, chat=None, batch_size: int = 8, spelling=(),
+             mentions=()) -> dict:
     """The early-stopping signals: on held-out preference examples, the win rate (share of chosen
     tokens whose logit beats the rejected one) and the mean p(rejected); on held-out clean samples,
     the mean NLL per token and, where the examples carry banned sets (`cull.finetune.banned`), the mean
     probability of the banned tokens and the share of positions where it is >= 1% (a ban event,
     teacher-forced); on held-out spelling contexts (`cull.finetune.spellings`), the mean banned
-    probability at the position that completes the spelling; with `n_samples`, the phrase hits in
+    probability at the position that completes the spelling; on held-out mention contexts
+    (`cull.finetune.mentions`), the mean banned probability where the base's was >= 1%; with `n_samples`, the phrase hits in
     that many samples per prompt.
 
     With banned sets, the NLL leaves out the positions where the base gave the banned tokens >= 1%:
@@ -181,7 +184,7 @@ def validate(model, tok, examples, retain, pad, device, *, rules=None, prompts=N
                 ban = banned_mask(chunk, lg.shape[0], lg.shape[1], device)
                 if ban is not None:
                     mass += torch.softmax(lg.float(), -1).masked_fill(~ban, 0.0).sum(-1).tolist()
-                    per = per[_base_banned_mass(chunk, ban, device) < 0.01]
+                    per = per[_base_banned_mass(chunk, ban, device) < EVENT_MASS]
                 nll += float(per.sum())
                 n += len(per)
             out["nll"] = nll / n if n else float("nan")
@@ -190,6 +193,8 @@ def validate(model, tok, examples, retain, pad, device, *, rules=None, prompts=N
                 out["ban_rate"] = sum(m >= 0.01 for m in mass) / len(mass)
         if spelling:
             out["spelling_mass"] = spelling_mass(model, spelling, pad, device, batch_size)
+        if mentions:
+            out["mention_mass"] = mention_mass(model, mentions, pad, device, batch_size)
     if n_samples and prompts:
         from cull.measure.evaluate import generate
         from cull.rules.find import find
@@ -218,6 +223,21 @@ def spelling_mass(model, spelling, pad, device, batch_size: int = 8) -> float:
     return sum(mass) / len(mass) if mass else float("nan")
 
 
+def mention_mass(model, mentions, pad, device, batch_size: int = 8) -> float:
+    """Mean probability of the processor's banned tokens over the positions of the mention contexts
+    where the base gave them at least `EVENT_MASS` (the ban events of those replies)."""
+    import torch
+
+    mass = []
+    for i in range(0, len(mentions), batch_size):
+        chunk = mentions[i:i + batch_size]
+        lg, _ = retain_logits(model, [r.ids for r in chunk], [r.positions for r in chunk], pad, device)
+        ban = banned_mask(chunk, lg.shape[0], lg.shape[1], device)
+        events = _base_banned_mass(chunk, ban, device) >= EVENT_MASS
+        mass += torch.softmax(lg.float(), -1).masked_fill(~ban, 0.0).sum(-1)[events].tolist()
+    return sum(mass) / len(mass) if mass else float("nan")
+
+
 def retain_top(retain, device):
     """The base's stored top-K ids [N, K] and log-probs [N, K] of the retain examples, stacked in
     `retain_logits` order."""
@@ -238,11 +258,11 @@ def _base_banned_mass(chunk, ban, device):
 
 def checkpoint_score(v: dict, base_nll: float, max_ppl_rise: float) -> tuple:
     """Order of preference between validation checks (smaller is better): within the perplexity
-    budget, fewest hits, then lowest held-out p(rejected) plus spelling mass (both: the chance the
-    model still writes a phrase where it should not), then highest win rate, then smallest perplexity
+    budget, fewest hits, then lowest held-out p(rejected) plus spelling and mention mass (each: the
+    chance the model still writes a phrase where it should not), then highest win rate, then smallest perplexity
     rise; outside it, the smallest rise."""
     rise = math.exp(v.get("nll", base_nll) - base_nll) - 1 if math.isfinite(base_nll) else 0.0
     if rise > max_ppl_rise:
         return (1, rise)
-    leak = v.get("p_rejected", 0.0) + v.get("spelling_mass", 0.0)
+    leak = v.get("p_rejected", 0.0) + v.get("spelling_mass", 0.0) + v.get("mention_mass", 0.0)
     return (0, v.get("hits", 0), round(leak, 4), -v.get("win_rate", 0.0), rise)

@@ -23,6 +23,7 @@ from cull.finetune.data import FinetuneData, build_data
 from cull.finetune.banned import attach_banned
 from cull.finetune.loop import TrainingLoop
 from cull.finetune.phrase_rows import PhraseRows, context_free_tokens, find_rows, rows_off, rows_supported
+from cull.finetune.mentions import add_mention_contexts, with_events
 from cull.finetune.spellings import add_spelling_contexts, reachable
 from cull.finetune.loss import LossWeights
 
@@ -57,6 +58,7 @@ class FinetuneConfig:
     stop_win: float = 0.95  # stop once held-out win rate reaches this ...
     stop_p_rejected: float = 0.02  # ... and the mean held-out p(rejected) is this low, with no validation hits
     stop_spelling_mass: float = 0.05  # ... and the held-out spelling contexts' banned mass is this low
+    stop_mention_mass: float = 0.05  # ... and so is the banned mass where held-out prompts name the phrases
     patience: int = 4  # checks without a better checkpoint before stopping
     # rounds on policy
     rounds: int = 1
@@ -72,6 +74,8 @@ class FinetuneConfig:
     phrase_rows: bool = True  # also train the output rows of context-free phrase tokens (cull.finetune.phrase_rows)
     spelling_contexts: int = 4  # retain contexts per multi-token spelling (cull.finetune.spellings; 0: none)
     spelling_batch_size: int = 12  # spelling contexts per step
+    mention_prompts: int = 2  # prompts per phrase that name it, answered with the processor on (cull.finetune.mentions)
+    mention_batch_size: int = 2  # such replies per step
     max_examples: int | None = None
     commit_prob: float = 0.5
     chat: bool | None = None
@@ -80,10 +84,10 @@ class FinetuneConfig:
         for name in ("steps", "batch_size", "n_samples", "max_new_tokens", "gen_batch_size", "lora_r", "rounds"):
             if getattr(self, name) < 1:
                 raise CullError(f"{name} must be at least 1, got {getattr(self, name)}")
-        if self.spelling_contexts < 0 or self.spelling_batch_size < 0:
-            raise CullError(f"spelling_contexts and spelling_batch_size must be >= 0, got {self.spelling_contexts} "
-                            f"and {self.spelling_batch_size}")
-        for name in ("batch_size", "retain_batch_size", "gen_batch_size", "spelling_batch_size"):
+        for name in ("spelling_contexts", "spelling_batch_size", "mention_prompts", "mention_batch_size"):
+            if getattr(self, name) < 0:
+                raise CullError(f"{name} must be >= 0, got {getattr(self, name)}")
+        for name in ("batch_size", "retain_batch_size", "gen_batch_size", "spelling_batch_size", "mention_batch_size"):
             if getattr(self, name) > MAX_BATCH:
                 raise CullError(f"{name} is {getattr(self, name)}, above the bound of {MAX_BATCH}; use a smaller "
                                 "batch (more steps) instead")
@@ -196,15 +200,22 @@ def finetune(model, tok, rules, prompts, out_dir, cfg: FinetuneConfig | None = N
 
     vocab_size = logits_width(model)
     w = cfg.weights
-    spell = bool(cfg.spelling_contexts and cfg.spelling_batch_size and cfg.method == "cull"
-                 and w.retain_under_processor and (w.kl or w.ban))
-    data.spelling, data.val_spelling = [], []  # built here, for this run's rules (the caller's data may be shared)
+    distil = cfg.method == "cull" and w.retain_under_processor and bool(w.kl or w.ban)
+    spell = distil and bool(cfg.spelling_contexts and cfg.spelling_batch_size)
+    mention = distil and bool(cfg.mention_prompts and cfg.mention_batch_size)
+    # built here, for this run's rules (the caller's data may be shared)
+    data.spelling, data.val_spelling, data.mentions, data.val_mentions = [], [], [], []
     if spell:
         add_spelling_contexts(model, tok, rules, data, cfg, progress)
+    if mention:
+        add_mention_contexts(model, tok, rules, data, cfg, vocab_size, progress)
     dropped = _attach_banned(data, rules, tok, vocab_size)  # the retain target (an option) and a validation figure
     if spell:
         say(f"Spelling contexts: {len(data.spelling)} (+ {len(data.val_spelling)} for validation) for the phrases' "
             f"multi-token spellings{f'; {dropped} the processor could not have produced were left out' if dropped else ''}")
+    if mention:
+        say(f"Mention contexts: {len(data.mentions)} (+ {len(data.val_mentions)} for validation) replies to prompts "
+            "that name a phrase, where the processor stepped in")
     rows = None
     no_rows = "--adapter-only: a LoRA adapter cannot hold them" if cfg.adapter_only else rows_supported(model)
     if cfg.phrase_rows and cfg.method == "cull" and not cfg.full and no_rows:
@@ -261,9 +272,11 @@ def finetune(model, tok, rules, prompts, out_dir, cfg: FinetuneConfig | None = N
                 break
             rules, extra = new
             if extra.stats.get("added_phrases"):
+                new_rules = rules.with_rules(rules.rules[-len(extra.stats["added_phrases"]):])
                 if spell:
-                    new_rules = rules.with_rules(rules.rules[-len(extra.stats["added_phrases"]):])
                     add_spelling_contexts(reference, tok, new_rules, data, cfg, progress)
+                if mention:
+                    add_mention_contexts(reference, tok, new_rules, data, cfg, vocab_size, progress)
                 _attach_banned(data, rules, tok, vocab_size)
             data.preference += extra.preference
             data.val_preference += extra.val_preference
@@ -278,6 +291,7 @@ def finetune(model, tok, rules, prompts, out_dir, cfg: FinetuneConfig | None = N
     summary = {"out": str(out), "data": data.stats, "train_steps": cfg.steps, "lr": lr, "data_s": data_s,
                "train_s": train_s, "log": log, "validation_base": base_val, "rounds": rounds,
                "phrase_rows": rows.ids.tolist() if rows is not None else [],
+               "contexts": {k: len(getattr(data, k)) for k in ("spelling", "val_spelling", "mentions", "val_mentions")},
                "config": {**asdict(cfg), "weights": asdict(cfg.weights)}}
     if acc.is_main_process:
         summary["saved"], model = save_model(model, tok, out, full=cfg.full, adapter_only=cfg.adapter_only,
@@ -297,8 +311,11 @@ def logits_width(model) -> int:
 def _attach_banned(data, rules, tok, vocab_size) -> int:
     """What cull's processor bans at each retain position (cull.finetune.banned): the retain target with
     `retain_under_processor`, and the banned mass the validation checks report. Spelling contexts the
-    processor could not have produced are dropped; returns how many."""
-    attach_banned(data.retain + data.val_retain + data.spelling + data.val_spelling, rules, tok, vocab_size)
+    processor could not have produced are dropped (returns how many), and so are mention contexts
+    where it never had to step in."""
+    attach_banned(data.retain + data.val_retain + data.spelling + data.val_spelling + data.mentions
+                  + data.val_mentions, rules, tok, vocab_size)
+    data.mentions, data.val_mentions = with_events(data.mentions), with_events(data.val_mentions)
     before = len(data.spelling) + len(data.val_spelling)
     data.spelling, data.val_spelling = reachable(data.spelling), reachable(data.val_spelling)
     return before - len(data.spelling) - len(data.val_spelling)

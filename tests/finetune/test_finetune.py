@@ -243,6 +243,12 @@ def test_finetune_command_errors(tmp_path, stories):
                               str(tmp_path / "o"), "--spelling-contexts", "2", "--retain-target", "base"])
     with pytest.raises(CullError, match="--retain-target processor"):
         args.func(args)
+    for bad, match in ((["--mention-prompts", "-1"], "--mention-prompts must be >= 0"),
+                       (["--mention-prompts", "1", "--retain-target", "base"], "--mention-prompts trains")):
+        args = parser.parse_args(["finetune", "--model", str(tmp_path / "nope"), "--phrase", PHRASE, "--out",
+                                  str(tmp_path / "o"), *bad])
+        with pytest.raises(CullError, match=match):
+            args.func(args)
 
 
 def test_no_hits_is_a_clear_error(stories):
@@ -362,6 +368,23 @@ def test_data_round_trip_keeps_arrays(tmp_path):
     back = FinetuneData.load(tmp_path / "data.json")
     assert back.preference[0].ref_logits.tolist() == list(range(6)) and back.preference[0].chosen_continuation == [4, 5]
     assert back.retain[0].top_ids.tolist() == [[1, 2], [3, 4]] and back.negatives == [[[1, 2, 3], 1]]
+
+
+def test_stop_rule_waits_out_one_perplexity_transient():
+    from cull.finetune import FinetuneConfig
+    from cull.finetune.loop import stop_reason
+    from cull.finetune.steps import checkpoint_score
+
+    cfg = FinetuneConfig()
+    done = {"win_rate": 1.0, "p_rejected": 0.003, "spelling_mass": 0.02, "mention_mass": 0.03, "hits": 0, "nll": 1.0}
+    assert stop_reason(done, checkpoint_score(done, 1.0, 0.01), cfg, 0, 0) == "every held-out target is met"
+    for key, value in (("mention_mass", 0.2), ("spelling_mass", 0.2), ("hits", 1), ("nll", 1.02)):
+        v = {**done, key: value}  # one target open (a perplexity rise outside the budget is one too)
+        assert stop_reason(v, checkpoint_score(v, 1.0, 0.01), cfg, 0, 0) is None, key
+    hot = {**done, "mention_mass": 0.2, "nll": 1.04, "ppl_rise": 0.04}
+    assert stop_reason(hot, checkpoint_score(hot, 1.0, 0.01), cfg, 1, 0) is None  # the first such check
+    assert "two checks in a row" in stop_reason(hot, checkpoint_score(hot, 1.0, 0.01), cfg, 2, 1)
+    assert "no better checkpoint" in stop_reason(hot, checkpoint_score(hot, 1.0, 0.01), cfg, 0, cfg.patience)
 
 
 def test_schedule_and_checkpoint_choice():
