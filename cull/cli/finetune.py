@@ -78,8 +78,8 @@ def add_parser(subparsers):
     g.add_argument("--mention-prompts", type=int, default=None, metavar="N",
                    help="prompts per phrase that name it (\"Write a short story about {phrase}.\"), answered by the "
                         "model with the processor on; the replies join the retain objective, so the model learns "
-                        "not to copy a phrase from the prompt; 0: none (default: 2 with --retain-target processor; "
-                        "it needs that target and acts with --method cull only)")
+                        "not to copy a phrase from the prompt; 0: none, at most 3 (default: 2 with --retain-target "
+                        "processor; it needs that target and acts with --method cull only)")
     g.add_argument("--beta", type=float, default=1.0, metavar="B",
                    help="sharpness of the preference term: softplus(beta * (margin - logit gap))")
     g.add_argument("--margin", type=float, default=2.0, metavar="M",

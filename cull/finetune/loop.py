@@ -41,19 +41,29 @@ def lr_factor(step: int, steps: int, warmup: float, min_lr: float) -> float:
     return min_lr + (1 - min_lr) * 0.5 * (1 + math.cos(math.pi * min(t, 1.0)))
 
 
-def stop_reason(v: dict, score: tuple, cfg, over: int, stale: int) -> str | None:
-    """Why to stop after the validation check `v` (None: go on). `score` is its `checkpoint_score`,
-    `over` the number of checks in a row with the perplexity rise above twice the budget, `stale`
-    the number of checks since the best one."""
-    if (v.get("win_rate", 0) >= cfg.stop_win and v.get("p_rejected", 0) <= cfg.stop_p_rejected
-            and v.get("spelling_mass", 0) <= cfg.stop_spelling_mass
-            and v.get("mention_mass", 0) <= cfg.stop_mention_mass and v.get("hits", 0) == 0 and score[0] == 0):
-        return "every held-out target is met"
-    if over >= 2:
-        return f"the perplexity rise passed {2 * cfg.max_ppl_rise:.1%} at two checks in a row"
-    if stale >= cfg.patience:
-        return f"no better checkpoint in {stale} checks"
-    return None
+class EarlyStop:
+    """The checkpoint choice and the stop rule of one round, fed one validation check at a time."""
+
+    def __init__(self, cfg, base_nll: float):
+        self.cfg, self.base_nll = cfg, base_nll
+        self.best, self.stale, self.over = None, 0, 0  # best score; checks since it; checks in a row too hot
+
+    def observe(self, v: dict) -> tuple[bool, str | None]:
+        """(whether `v` is the best check so far, why to stop now or None)."""
+        cfg = self.cfg
+        score = checkpoint_score(v, self.base_nll, cfg.max_ppl_rise)
+        self.over = self.over + 1 if v.get("ppl_rise", 0) > 2 * cfg.max_ppl_rise else 0
+        is_best = self.best is None or score < self.best
+        self.best, self.stale = (score, 0) if is_best else (self.best, self.stale + 1)
+        if (v.get("win_rate", 0) >= cfg.stop_win and v.get("p_rejected", 0) <= cfg.stop_p_rejected
+                and v.get("spelling_mass", 0) <= cfg.stop_spelling_mass
+                and v.get("mention_mass", 0) <= cfg.stop_mention_mass and v.get("hits", 0) == 0 and score[0] == 0):
+            return is_best, "every held-out target is met"
+        if self.over >= 2:
+            return is_best, f"the perplexity rise passed {2 * cfg.max_ppl_rise:.1%} at two checks in a row"
+        if self.stale >= cfg.patience:
+            return is_best, f"no better checkpoint in {self.stale} checks"
+        return is_best, None
 
 
 class TrainingLoop:
@@ -102,7 +112,7 @@ class TrainingLoop:
         if cfg.method == "nat":
             tag = self.tok(NAT_TAG, add_special_tokens=False)["input_ids"]
             nat = nat_sequences(data, tag, self.tok.bos_token_id)
-        checks, best, best_state, stale, stopped, over = [], None, None, 0, None, 0
+        checks, best_state, stopped, stop = [], None, None, EarlyStop(cfg, self.base_nll)
         self.model.train()
         bar = tqdm(range(start, cfg.steps), desc=f"fine-tuning (round {rnd + 1})",
                    disable=not self.progress or not acc.is_main_process, initial=start, total=cfg.steps)
@@ -132,8 +142,10 @@ class TrainingLoop:
                 if "out of memory" in str(exc).lower():
                     raise CullError(f"ran out of memory at step {step} with batch size {cfg.batch_size} (+ "
                                     f"{cfg.retain_batch_size} retain sequences, {cfg.spelling_batch_size} "
-                                    f"spelling contexts and {cfg.mention_batch_size} mention contexts); pass --batch-size {max(1, cfg.batch_size // 2)} and "
-                                    f"--retain-batch-size {max(0, cfg.retain_batch_size // 2)}") from None
+                                    f"spelling contexts and {cfg.mention_batch_size} mention contexts); pass --batch-size "
+                                    f"{max(1, cfg.batch_size // 2)} and --retain-batch-size "
+                                    f"{max(0, cfg.retain_batch_size // 2)}, or fewer contexts (--spelling-contexts, "
+                                    "--mention-prompts; 0 turns them off)") from None
                 raise
             parts["loss"] = float(loss.detach())
             bar.set_postfix({k: f"{v:.3f}" for k, v in parts.items()})
@@ -147,14 +159,9 @@ class TrainingLoop:
                 v = {"step": step + 1, **self.validate(data, rules, val_prompts)}
                 checks.append(v)
                 self.say(f"Validation at step {step + 1}: {json.dumps({k: round(x, 4) if isinstance(x, float) else x for k, x in v.items()})}")
-                score = checkpoint_score(v, self.base_nll, cfg.max_ppl_rise)
-                over = over + 1 if v.get("ppl_rise", 0) > 2 * cfg.max_ppl_rise else 0
-                if best is None or score < best:
-                    best, best_state, stale = score, self._trainable_state(), 0
-                    v["best"] = True
-                else:
-                    stale += 1
-                why = stop_reason(v, score, cfg, over, stale)
+                is_best, why = stop.observe(v)
+                if is_best:
+                    best_state, v["best"] = self._trainable_state(), True
                 if why:
                     stopped = step + 1
                     self.say(f"Early stop at step {step + 1}: {why}")
@@ -162,5 +169,5 @@ class TrainingLoop:
         bar.close()
         if best_state is not None and acc.num_processes == 1:
             self._restore(best_state)
-            self.say(f"Kept the checkpoint of step {next(c['step'] for c in checks if c.get('best') and checkpoint_score(c, self.base_nll, cfg.max_ppl_rise) == best)}")
+            self.say(f"Kept the checkpoint of step {[c['step'] for c in checks if c.get('best')][-1]}")
         return log, checks, stopped

@@ -32,9 +32,22 @@ TEMPLATES = (
 MIN_VALIDATION = 16  # validation replies, however short the list
 
 
+MAX_PROMPTS = len(TEMPLATES) - 1  # one template per phrase is kept back for validation
+
+
 def nameable(rules) -> list[str]:
-    """The phrases a prompt can name: the banned literal ones (not regexes)."""
-    return [r.phrase.strip() for r in rules if r.action == BAN and r.regex is None and r.phrase.strip()]
+    """The phrases a prompt can name: the banned literal ones (not regexes, not wildcard fragments such
+    as "delv" of "delv*"), each once (up to letter case when the list ignores it)."""
+    seen, out = set(), []
+    for r in rules:
+        phrase = r.phrase.strip()
+        if r.action != BAN or r.regex is not None or r.leading_wildcard or r.trailing_wildcard or not phrase:
+            continue
+        key = phrase.casefold() if rules.options.ignore_case else phrase
+        if key not in seen:
+            seen.add(key)
+            out.append(phrase)
+    return out
 
 
 def mention_prompts(rules, per_phrase: int, seed: int) -> tuple[list[str], list[str]]:
@@ -42,7 +55,7 @@ def mention_prompts(rules, per_phrase: int, seed: int) -> tuple[list[str], list[
     more, different, for validation, each with a random letter-case form of the phrase."""
     rng = random.Random(seed)
     train, val = [], []
-    k = min(per_phrase, len(TEMPLATES) - 1)
+    k = min(per_phrase, MAX_PROMPTS)
     for phrase in nameable(rules):
         forms = spelling_forms(phrase, rules.options.ignore_case)
         order = rng.sample(range(len(TEMPLATES)), len(TEMPLATES))
@@ -74,16 +87,32 @@ def mention_contexts(reference, tok, rules, prompts: list[str], processor, cfg, 
                         batch_size=max(1, cfg.gen_batch_size // 2))
 
 
-def add_mention_contexts(reference, tok, rules, data, cfg, vocab_size: int, progress: bool = False) -> None:
-    """Append the mention contexts of `rules` to `data.mentions` and `data.val_mentions` (at least
-    `MIN_VALIDATION` replies; banned sets come afterwards, and the caller keeps those `with_events`)."""
+def add_mention_contexts(reference, tok, rules, data, cfg, vocab_size: int, *, acc, path, resume: bool = False,
+                         named=None, validation: bool = True, progress: bool = False) -> None:
+    """Append mention contexts to `data.mentions` and (with `validation`) `data.val_mentions`: replies to
+    prompts that name the phrases of `named` (default: all of `rules`), sampled with every rule of
+    `rules` banned, so that no reply holds text the processor would not let through. Sampled once, on
+    the main process, and saved to `path` (a FinetuneData file), so that every process trains on the
+    same replies and `resume` finds them again. At least `MIN_VALIDATION` validation replies are
+    sampled; the caller attaches the banned sets and keeps those `with_events`, so fewer may remain."""
     from cull.decode.processor import CullLogitsProcessor
+    from cull.finetune.records import FinetuneData
 
-    train, val = mention_prompts(rules, cfg.mention_prompts, cfg.seed)
-    proc = CullLogitsProcessor(rules, tok, vocab_size=vocab_size)
-    top = top_width(data)
-    data.mentions += mention_contexts(reference, tok, rules, train, proc, cfg, top=top, seed=cfg.seed + 5,
-                                      progress=progress)
-    data.val_mentions += mention_contexts(reference, tok, rules, val, proc, cfg, top=top, seed=cfg.seed + 6,
-                                          n_samples=-(-MIN_VALIDATION // max(1, len(val))), progress=progress,
-                                          desc="validation replies to prompts that name them")
+    if not (resume and path.is_file()):
+        if acc.is_main_process:
+            train, val = mention_prompts(named if named is not None else rules, cfg.mention_prompts, cfg.seed)
+            proc = CullLogitsProcessor(rules, tok, vocab_size=vocab_size)
+            top = top_width(data)
+            replies = mention_contexts(reference, tok, rules, train, proc, cfg, top=top, seed=cfg.seed + 5,
+                                       progress=progress)
+            held = mention_contexts(reference, tok, rules, val, proc, cfg, top=top, seed=cfg.seed + 6,
+                                    n_samples=-(-MIN_VALIDATION // max(1, len(val))), progress=progress,
+                                    desc="validation replies to prompts that name them") if validation else []
+            FinetuneData([], replies, {}, val_retain=held).save(path)
+        acc.wait_for_everyone()
+    saved = FinetuneData.load(path)
+    data.mentions += saved.retain
+    data.val_mentions += saved.val_retain
+    # validation reads a prefix: mix the phrases (and a later round's) into it
+    random.Random(cfg.seed).shuffle(data.val_mentions)
+

@@ -22,8 +22,9 @@ from cull.rules import as_phrase_set
 from cull.finetune.data import FinetuneData, build_data
 from cull.finetune.banned import attach_banned
 from cull.finetune.loop import TrainingLoop
-from cull.finetune.phrase_rows import PhraseRows, context_free_tokens, find_rows, rows_off, rows_supported
-from cull.finetune.mentions import add_mention_contexts, with_events
+from cull.finetune.phrase_rows import PhraseRows, context_free_tokens, rows_off, rows_supported
+from cull.finetune.saving import save_model
+from cull.finetune.mentions import MAX_PROMPTS, add_mention_contexts, with_events
 from cull.finetune.spellings import add_spelling_contexts, reachable
 from cull.finetune.loss import LossWeights
 
@@ -87,6 +88,9 @@ class FinetuneConfig:
         for name in ("spelling_contexts", "spelling_batch_size", "mention_prompts", "mention_batch_size"):
             if getattr(self, name) < 0:
                 raise CullError(f"{name} must be >= 0, got {getattr(self, name)}")
+        if self.mention_prompts > MAX_PROMPTS:
+            raise CullError(f"mention_prompts is {self.mention_prompts}; there are {MAX_PROMPTS + 1} templates and one "
+                            f"per phrase is kept for validation, so use at most {MAX_PROMPTS}")
         for name in ("batch_size", "retain_batch_size", "gen_batch_size", "spelling_batch_size", "mention_batch_size"):
             if getattr(self, name) > MAX_BATCH:
                 raise CullError(f"{name} is {getattr(self, name)}, above the bound of {MAX_BATCH}; use a smaller "
@@ -207,8 +211,10 @@ def finetune(model, tok, rules, prompts, out_dir, cfg: FinetuneConfig | None = N
     data.spelling, data.val_spelling, data.mentions, data.val_mentions = [], [], [], []
     if spell:
         add_spelling_contexts(model, tok, rules, data, cfg, progress)
+    validating = acc.num_processes == 1 and bool(cfg.eval_every)
     if mention:
-        add_mention_contexts(model, tok, rules, data, cfg, vocab_size, progress)
+        add_mention_contexts(model, tok, rules, data, cfg, vocab_size, acc=acc, path=out / "mentions.json",
+                             resume=resume, validation=validating, progress=progress)
     dropped = _attach_banned(data, rules, tok, vocab_size)  # the retain target (an option) and a validation figure
     if spell:
         say(f"Spelling contexts: {len(data.spelling)} (+ {len(data.val_spelling)} for validation) for the phrases' "
@@ -258,7 +264,7 @@ def finetune(model, tok, rules, prompts, out_dir, cfg: FinetuneConfig | None = N
     val_prompts = [prompts[i] for i in data.stats.get("val_prompts", [])] or list(prompts)
     # validation and early stopping run with one process (a stop on one process alone would leave
     # the others waiting in their gradient all-reduce)
-    base_val = loop.validate(data, rules, val_prompts) if acc.num_processes == 1 and cfg.eval_every else {}
+    base_val = loop.validate(data, rules, val_prompts) if validating else {}
     loop.base_nll = base_val.get("nll", float("nan"))
     say(f"Validation before training: {_fmt(base_val)}")
     rounds = []
@@ -276,7 +282,9 @@ def finetune(model, tok, rules, prompts, out_dir, cfg: FinetuneConfig | None = N
                 if spell:
                     add_spelling_contexts(reference, tok, new_rules, data, cfg, progress)
                 if mention:
-                    add_mention_contexts(reference, tok, new_rules, data, cfg, vocab_size, progress)
+                    add_mention_contexts(reference, tok, rules, data, cfg, vocab_size, acc=acc, named=new_rules,
+                                         path=out / f"mentions-round{rnd + 1}.json", validation=validating,
+                                         progress=progress)
                 _attach_banned(data, rules, tok, vocab_size)
             data.preference += extra.preference
             data.val_preference += extra.val_preference
@@ -369,28 +377,3 @@ def _next_round_data(model, tok, rules, prompts, cfg, progress, reference, rnd, 
     extra.stats["added_phrases"] = added
     say(f"Round {rnd + 1}: {extra.stats['hits']} residual hits -> {len(extra.preference)} more examples")
     return rules2, extra
-
-
-def save_model(model, tok, out: Path, *, full: bool, adapter_only: bool, base_path: str | None,
-               dtype: str = "fp32"):
-    """Write a merged model (or, with adapter_only, the LoRA adapter) that `from_pretrained` loads.
-    Returns ("merged" or "adapter", the model to use from now on)."""
-    if adapter_only and not full:
-        if base_path:
-            model.peft_config["default"].base_model_name_or_path = str(base_path)
-        model.save_pretrained(out)
-        tok.save_pretrained(out)
-        return "adapter", model
-    merged = model if full else model.merge_and_unload()
-    rows = find_rows(merged)
-    if rows is not None:
-        rows.merge_into(merged)
-    if hasattr(merged.config, "quantization_config"):  # loaded from a GGUF: save it as a plain model
-        del merged.config.quantization_config
-    if dtype == "bf16":
-        import torch
-
-        merged = merged.to(torch.bfloat16)
-    merged.save_pretrained(out)
-    tok.save_pretrained(out)
-    return "merged", merged

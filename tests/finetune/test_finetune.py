@@ -372,19 +372,26 @@ def test_data_round_trip_keeps_arrays(tmp_path):
 
 def test_stop_rule_waits_out_one_perplexity_transient():
     from cull.finetune import FinetuneConfig
-    from cull.finetune.loop import stop_reason
-    from cull.finetune.steps import checkpoint_score
+    from cull.finetune.loop import EarlyStop
 
     cfg = FinetuneConfig()
     done = {"win_rate": 1.0, "p_rejected": 0.003, "spelling_mass": 0.02, "mention_mass": 0.03, "hits": 0, "nll": 1.0}
-    assert stop_reason(done, checkpoint_score(done, 1.0, 0.01), cfg, 0, 0) == "every held-out target is met"
+    assert EarlyStop(cfg, 1.0).observe(done) == (True, "every held-out target is met")
     for key, value in (("mention_mass", 0.2), ("spelling_mass", 0.2), ("hits", 1), ("nll", 1.02)):
         v = {**done, key: value}  # one target open (a perplexity rise outside the budget is one too)
-        assert stop_reason(v, checkpoint_score(v, 1.0, 0.01), cfg, 0, 0) is None, key
+        assert EarlyStop(cfg, 1.0).observe(v) == (True, None), key
     hot = {**done, "mention_mass": 0.2, "nll": 1.04, "ppl_rise": 0.04}
-    assert stop_reason(hot, checkpoint_score(hot, 1.0, 0.01), cfg, 1, 0) is None  # the first such check
-    assert "two checks in a row" in stop_reason(hot, checkpoint_score(hot, 1.0, 0.01), cfg, 2, 1)
-    assert "no better checkpoint" in stop_reason(hot, checkpoint_score(hot, 1.0, 0.01), cfg, 0, cfg.patience)
+    calm = {**done, "mention_mass": 0.1, "nll": 1.005, "ppl_rise": 0.005}
+    stop = EarlyStop(cfg, 1.0)
+    assert stop.observe(hot) == (True, None)  # the transient of the peak learning rate
+    assert stop.observe(calm) == (True, None)  # back within the budget: the count starts again
+    assert stop.observe(hot) == (False, None)
+    best, why = stop.observe(hot)
+    assert not best and "two checks in a row" in why
+    stop = EarlyStop(cfg, 1.0)
+    stop.observe(calm)
+    worse = {**calm, "mention_mass": 0.15}
+    assert [stop.observe(worse)[1] for _ in range(cfg.patience)][-1] == f"no better checkpoint in {cfg.patience} checks"
 
 
 def test_schedule_and_checkpoint_choice():

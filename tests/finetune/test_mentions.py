@@ -37,6 +37,18 @@ def test_prompts_name_each_literal_phrase_and_validation_uses_another_template()
     assert len(mention_prompts(rules, 9, seed=0)[0]) == 2 * (len(TEMPLATES) - 1)  # one template stays for validation
 
 
+def test_nameable_phrases_and_the_prompt_bound():
+    from cull.finetune import FinetuneConfig
+    from cull.finetune.mentions import MAX_PROMPTS, nameable
+
+    listed = ["time traveler", "Time Traveler", "delv*", "*ness", "tapestry"]
+    assert nameable(cull.PhraseSet(listed)) == ["time traveler", "tapestry"]  # no fragments, one per casefold
+    assert nameable(cull.PhraseSet(listed, ignore_case=False)) == ["time traveler", "Time Traveler", "tapestry"]
+    FinetuneConfig(mention_prompts=MAX_PROMPTS).check()
+    with pytest.raises(cull.CullError, match="at most 3"):
+        FinetuneConfig(mention_prompts=MAX_PROMPTS + 1).check()
+
+
 def test_base_banned_mass_reads_the_stored_top_k():
     from cull.finetune.banned import base_banned_mass
     from cull.finetune.mentions import with_events
@@ -92,7 +104,7 @@ def test_finetune_reports_and_trains_mention_contexts(tmp_path, stories):
     from cull.finetune import FinetuneConfig, LossWeights, finetune
 
     model, tok = stories
-    cfg = FinetuneConfig(steps=8, lr=5e-3, n_samples=16, max_new_tokens=16, checkpoint_every=0, eval_every=8,
+    cfg = FinetuneConfig(steps=12, lr=1e-2, n_samples=16, max_new_tokens=16, checkpoint_every=0, eval_every=12,
                          val_samples=0, spelling_contexts=0, mention_prompts=3, chat=False,
                          weights=LossWeights(kl=1.0))
     said = []
@@ -105,3 +117,35 @@ def test_finetune_reports_and_trains_mention_contexts(tmp_path, stories):
     s = finetune(copy.deepcopy(model), tok, ["little"], [""], tmp_path / "off", off, progress=False,
                  say=said.append)
     assert "mention_mass" not in s["validation_base"]
+
+
+def test_added_contexts_ban_every_rule_and_are_sampled_once(tmp_path, stories):
+    """Round 2 names only the new phrases, but its replies are sampled with every rule banned (text the
+    processor-on decoder could not write would teach the wrong target); the replies are saved, and a
+    resumed run (or another process) reads them back instead of sampling again."""
+    from types import SimpleNamespace
+
+    from cull.finetune import FinetuneConfig
+    from cull.finetune.mentions import add_mention_contexts
+    from cull.finetune.records import FinetuneData
+
+    model, tok = stories
+    rules = cull.PhraseSet(["little", "big"])
+    cfg = FinetuneConfig(max_new_tokens=24, gen_batch_size=8, chat=False, mention_prompts=3)
+    acc = SimpleNamespace(is_main_process=True, wait_for_everyone=lambda: None)
+    data = FinetuneData([], [], {})
+    add_mention_contexts(model, tok, rules, data, cfg, model.config.vocab_size, acc=acc, path=tmp_path / "m.json",
+                         named=rules.with_rules([rules.rules[1]]))
+    assert len(data.mentions) == 3 and len(data.val_mentions) == 16
+    texts = [tok.decode(r.ids[r.start:], skip_special_tokens=True) for r in data.mentions + data.val_mentions]
+    assert all("big" in tok.decode(r.ids[:r.start]).lower() and "little" not in tok.decode(r.ids[:r.start])
+               for r in data.mentions)
+    assert not any(cull.find(t, rules) for t in texts)
+    again = FinetuneData([], [], {})
+    add_mention_contexts(None, tok, rules, again, cfg, model.config.vocab_size, acc=acc, path=tmp_path / "m.json",
+                         resume=True)  # no model: it must not sample
+    assert [r.ids for r in again.mentions + again.val_mentions] == [r.ids for r in data.mentions + data.val_mentions]
+    quiet = FinetuneData([], [], {})
+    add_mention_contexts(model, tok, rules, quiet, cfg, model.config.vocab_size, acc=acc, path=tmp_path / "q.json",
+                         validation=False)
+    assert len(quiet.mentions) == 6 and quiet.val_mentions == []
