@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import random
 
+from cull.errors import CullError
 from cull.finetune.banned import EVENT_MASS, base_banned_mass
 from cull.finetune.spellings import spelling_forms, top_width
 from cull.rules.rule import BAN
@@ -87,32 +88,62 @@ def mention_contexts(reference, tok, rules, prompts: list[str], processor, cfg, 
                         batch_size=max(1, cfg.gen_batch_size // 2))
 
 
-def add_mention_contexts(reference, tok, rules, data, cfg, vocab_size: int, *, acc, path, resume: bool = False,
-                         named=None, validation: bool = True, progress: bool = False) -> None:
+def add_mention_contexts(reference, tok, rules, data, cfg, vocab_size: int, *, acc, path, named=None,
+                         validation: bool = True, progress: bool = False, say=print) -> None:
     """Append mention contexts to `data.mentions` and (with `validation`) `data.val_mentions`: replies to
     prompts that name the phrases of `named` (default: all of `rules`), sampled with every rule of
     `rules` banned, so that no reply holds text the processor would not let through. Sampled once, on
-    the main process, and saved to `path` (a FinetuneData file), so that every process trains on the
-    same replies and `resume` finds them again. At least `MIN_VALIDATION` validation replies are
-    sampled; the caller attaches the banned sets and keeps those `with_events`, so fewer may remain."""
+    the main process, and saved to `path` (a FinetuneData file) with the settings they depend on, so
+    that every process trains on the same replies and a later run with the same settings (`--resume`)
+    reads them back. At least `MIN_VALIDATION` validation replies are sampled; the caller attaches the
+    banned sets and keeps those `with_events`, so fewer may remain."""
     from cull.decode.processor import CullLogitsProcessor
-    from cull.finetune.records import FinetuneData
 
-    if not (resume and path.is_file()):
-        if acc.is_main_process:
-            train, val = mention_prompts(named if named is not None else rules, cfg.mention_prompts, cfg.seed)
-            proc = CullLogitsProcessor(rules, tok, vocab_size=vocab_size)
-            top = top_width(data)
-            replies = mention_contexts(reference, tok, rules, train, proc, cfg, top=top, seed=cfg.seed + 5,
-                                       progress=progress)
-            held = mention_contexts(reference, tok, rules, val, proc, cfg, top=top, seed=cfg.seed + 6,
-                                    n_samples=-(-MIN_VALIDATION // max(1, len(val))), progress=progress,
-                                    desc="validation replies to prompts that name them") if validation else []
-            FinetuneData([], replies, {}, val_retain=held).save(path)
-        acc.wait_for_everyone()
-    saved = FinetuneData.load(path)
+    train, val = mention_prompts(named if named is not None else rules, cfg.mention_prompts, cfg.seed)
+    if not train:
+        return
+    key = {"rules": [r.text for r in rules], "options": repr(rules.options), "prompts": train + val,
+           "validation": validation, "sampling": [cfg.seed, cfg.temperature, cfg.max_new_tokens, cfg.chat]}
+    if acc.is_main_process and _saved(path, key) is None:
+        proc = CullLogitsProcessor(rules, tok, vocab_size=vocab_size)
+        top = top_width(data)
+        replies = mention_contexts(reference, tok, rules, train, proc, cfg, top=top, seed=cfg.seed + 5,
+                                   progress=progress)
+        held = mention_contexts(reference, tok, rules, val, proc, cfg, top=top, seed=cfg.seed + 6,
+                                n_samples=-(-MIN_VALIDATION // max(1, len(val))), progress=progress,
+                                desc="validation replies to prompts that name them") if validation else []
+        _save(path, replies, held, key)
+    elif acc.is_main_process:
+        say(f"Mention contexts: read back from {path} (sampled with the same settings)")
+    acc.wait_for_everyone()
+    saved = _saved(path, key)
+    if saved is None:
+        raise CullError(f"could not read the mention contexts in {path}; delete it and run again")
     data.mentions += saved.retain
     data.val_mentions += saved.val_retain
     # validation reads a prefix: mix the phrases (and a later round's) into it
     random.Random(cfg.seed).shuffle(data.val_mentions)
 
+
+def _save(path, replies, held, key) -> None:
+    """The arrays first and the settings last: a file cut short by a crash never matches a key."""
+    from cull.finetune.records import FinetuneData
+
+    path.unlink(missing_ok=True)
+    FinetuneData([], replies, {"key": key}, val_retain=held).save(path)
+
+
+def _saved(path, key):
+    """The FinetuneData saved at `path` when it was sampled with `key`, else None (absent, cut short,
+    or made with other settings)."""
+    from cull.finetune.records import FinetuneData
+
+    if not path.is_file() or not path.with_suffix(".npz").is_file():
+        return None
+    try:
+        saved = FinetuneData.load(path)
+    except (OSError, ValueError, KeyError, TypeError):  # JSONDecodeError is a ValueError
+        return None
+    if saved.stats.get("key") != key or any(len(r.top_ids) != len(r.positions) for r in saved.retain + saved.val_retain):
+        return None
+    return saved

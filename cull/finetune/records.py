@@ -65,8 +65,8 @@ class FinetuneData:
                 arrays[f"{name}.{i}.top_ids"] = np.asarray(r.top_ids, dtype=np.int32)
                 arrays[f"{name}.{i}.top_logp"] = np.asarray(r.top_logp, dtype=np.float16)
             doc[name] = items
-        path.write_text(json.dumps(doc))
         np.savez(path.with_suffix(".npz"), **arrays)
+        path.write_text(json.dumps(doc))  # last: a complete .json means a complete .npz
 
     @classmethod
     def load(cls, path) -> "FinetuneData":

@@ -24,7 +24,7 @@ from cull.finetune.banned import attach_banned
 from cull.finetune.loop import TrainingLoop
 from cull.finetune.phrase_rows import PhraseRows, context_free_tokens, rows_off, rows_supported
 from cull.finetune.saving import save_model
-from cull.finetune.mentions import MAX_PROMPTS, add_mention_contexts, with_events
+from cull.finetune.mentions import MAX_PROMPTS, add_mention_contexts, nameable, with_events
 from cull.finetune.spellings import add_spelling_contexts, reachable
 from cull.finetune.loss import LossWeights
 
@@ -214,14 +214,15 @@ def finetune(model, tok, rules, prompts, out_dir, cfg: FinetuneConfig | None = N
     validating = acc.num_processes == 1 and bool(cfg.eval_every)
     if mention:
         add_mention_contexts(model, tok, rules, data, cfg, vocab_size, acc=acc, path=out / "mentions.json",
-                             resume=resume, validation=validating, progress=progress)
+                             validation=validating, progress=progress, say=say)
     dropped = _attach_banned(data, rules, tok, vocab_size)  # the retain target (an option) and a validation figure
     if spell:
         say(f"Spelling contexts: {len(data.spelling)} (+ {len(data.val_spelling)} for validation) for the phrases' "
             f"multi-token spellings{f'; {dropped} the processor could not have produced were left out' if dropped else ''}")
     if mention:
         say(f"Mention contexts: {len(data.mentions)} (+ {len(data.val_mentions)} for validation) replies to prompts "
-            "that name a phrase, where the processor stepped in")
+            "that name a phrase, where the processor stepped in" if nameable(rules) else "Mention contexts: none "
+            "(no literal phrase to name; regexes and wildcard fragments are not named)")
     rows = None
     no_rows = "--adapter-only: a LoRA adapter cannot hold them" if cfg.adapter_only else rows_supported(model)
     if cfg.phrase_rows and cfg.method == "cull" and not cfg.full and no_rows:
@@ -252,21 +253,21 @@ def finetune(model, tok, rules, prompts, out_dir, cfg: FinetuneConfig | None = N
     params = [p for p in model.parameters() if p.requires_grad]
     opt = torch.optim.AdamW(params, lr=lr, weight_decay=0.0)
     model, opt = acc.prepare(model, opt)
+    pad = tok.pad_token_id if tok.pad_token_id is not None else (tok.eos_token_id or 0)
+    loop = TrainingLoop(acc, model, opt, params, tok, pad, cfg, lr, out, say, progress)
+    val_prompts = [prompts[i] for i in data.stats.get("val_prompts", [])] or list(prompts)
+    # validation and early stopping run with one process (a stop on one process alone would leave
+    # the others waiting in their gradient all-reduce); the base is measured before a checkpoint loads
+    base_val = loop.validate(data, rules, val_prompts) if validating else {}
+    loop.base_nll = base_val.get("nll", float("nan"))
+    say(f"Validation before training: {_fmt(base_val)}")
     start = 0
     ck = _latest_checkpoint(out) if resume else None
     if ck is not None:
         acc.load_state(str(ck))
         start = int(ck.name.split("-")[1])
         say(f"Resumed from {ck} (step {start} of {cfg.steps})")
-    pad = tok.pad_token_id if tok.pad_token_id is not None else (tok.eos_token_id or 0)
     log = json.loads((out / "loss_log.json").read_text()) if ck is not None and (out / "loss_log.json").is_file() else []
-    loop = TrainingLoop(acc, model, opt, params, tok, pad, cfg, lr, out, say, progress)
-    val_prompts = [prompts[i] for i in data.stats.get("val_prompts", [])] or list(prompts)
-    # validation and early stopping run with one process (a stop on one process alone would leave
-    # the others waiting in their gradient all-reduce)
-    base_val = loop.validate(data, rules, val_prompts) if validating else {}
-    loop.base_nll = base_val.get("nll", float("nan"))
-    say(f"Validation before training: {_fmt(base_val)}")
     rounds = []
     t1 = time.perf_counter()
     for rnd in range(cfg.rounds):
@@ -284,7 +285,7 @@ def finetune(model, tok, rules, prompts, out_dir, cfg: FinetuneConfig | None = N
                 if mention:
                     add_mention_contexts(reference, tok, rules, data, cfg, vocab_size, acc=acc, named=new_rules,
                                          path=out / f"mentions-round{rnd + 1}.json", validation=validating,
-                                         progress=progress)
+                                         progress=progress, say=say)
                 _attach_banned(data, rules, tok, vocab_size)
             data.preference += extra.preference
             data.val_preference += extra.val_preference

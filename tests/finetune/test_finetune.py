@@ -244,7 +244,10 @@ def test_finetune_command_errors(tmp_path, stories):
     with pytest.raises(CullError, match="--retain-target processor"):
         args.func(args)
     for bad, match in ((["--mention-prompts", "-1"], "--mention-prompts must be >= 0"),
-                       (["--mention-prompts", "1", "--retain-target", "base"], "--mention-prompts trains")):
+                       (["--mention-prompts", "1", "--retain-target", "base"], "--mention-prompts trains"),
+                       (["--mention-prompts", "4"], "--mention-prompts is 4; .* at most 3"),
+                       (["--mention-prompts", "2", "--method", "ul-mle"], "--method ul-mle .* does not train"),
+                       (["--spelling-contexts", "2", "--w-kl", "0", "--w-ban", "0"], "--w-kl 0 and --w-ban 0")):
         args = parser.parse_args(["finetune", "--model", str(tmp_path / "nope"), "--phrase", PHRASE, "--out",
                                   str(tmp_path / "o"), *bad])
         with pytest.raises(CullError, match=match):
@@ -479,12 +482,15 @@ def test_resume_and_adapter_only(tmp_path, stories):
     finetune(AutoModelForCausalLM.from_pretrained(path), tok, [PHRASE], [""], out2, cfg8, progress=False,
              say=lambda m: None, keep_checkpoints=True)
     assert (out2 / "checkpoints" / "step-8").is_dir()
+    interrupted = json.loads((out2 / "finetune.json").read_text())["validation_base"]
     msgs = []
     finetune(AutoModelForCausalLM.from_pretrained(path), tok, [PHRASE], [""], out2, cfg, resume=True,
              progress=False, say=msgs.append)
     assert any("step 8" in m for m in msgs)
     resumed = json.loads((out2 / "finetune.json").read_text())
     assert resumed["log"][-1]["step"] == 9
+    for key in ("nll", "p_rejected", "win_rate"):  # the base, measured before the checkpoint loads
+        assert resumed["validation_base"][key] == pytest.approx(interrupted[key], rel=1e-5), key
 
 
 @pytest.mark.parametrize("method", ["ul-mle", "nat", "dpo", "cull-bf16", "cull-2-rounds"])

@@ -141,10 +141,22 @@ def test_added_contexts_ban_every_rule_and_are_sampled_once(tmp_path, stories):
     assert all("big" in tok.decode(r.ids[:r.start]).lower() and "little" not in tok.decode(r.ids[:r.start])
                for r in data.mentions)
     assert not any(cull.find(t, rules) for t in texts)
+    said = []
     again = FinetuneData([], [], {})
     add_mention_contexts(None, tok, rules, again, cfg, model.config.vocab_size, acc=acc, path=tmp_path / "m.json",
-                         resume=True)  # no model: it must not sample
+                         named=rules.with_rules([rules.rules[1]]), say=said.append)  # no model: it must not sample
     assert [r.ids for r in again.mentions + again.val_mentions] == [r.ids for r in data.mentions + data.val_mentions]
+    assert said and "read back" in said[0]
+    # other settings, or a file a crash cut short: sampled again, never read
+    fewer = FinetuneConfig(**{**cfg.__dict__, "mention_prompts": 1})
+    other = FinetuneData([], [], {})
+    add_mention_contexts(model, tok, rules, other, fewer, model.config.vocab_size, acc=acc, path=tmp_path / "m.json",
+                         named=rules.with_rules([rules.rules[1]]))
+    assert len(other.mentions) == 1
+    (tmp_path / "m.npz").unlink()
+    with pytest.raises(AttributeError):  # it tries to sample with the missing model
+        add_mention_contexts(None, tok, rules, FinetuneData([], [], {}), fewer, model.config.vocab_size, acc=acc,
+                             path=tmp_path / "m.json", named=rules.with_rules([rules.rules[1]]))
     quiet = FinetuneData([], [], {})
     add_mention_contexts(model, tok, rules, quiet, cfg, model.config.vocab_size, acc=acc, path=tmp_path / "q.json",
                          validation=False)
