@@ -211,7 +211,8 @@ def print_error(msg: str) -> None:
 def add_sampling_options(p, prompts_default: str):
     add_model_path_options(p)
     p.add_argument("--phrases", action="append", default=[], metavar="FILE",
-                   help="phrase file (.txt, .json, .yaml, antislop pairs); repeatable (required, or --phrase)")
+                   help="phrase file (.txt, .json, .yaml, antislop pairs); repeatable (required, or --phrase); "
+                        "every phrase counts as a ban here, a bias in the file is not read")
     p.add_argument("--phrase", action="append", default=[], metavar="TEXT",
                    help="one phrase; repeatable, and adds to --phrases (default: none)")
     p.add_argument("--prompts", default=prompts_default, metavar="FILE",
