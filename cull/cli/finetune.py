@@ -108,7 +108,6 @@ def run_finetune(args) -> int:
 def config_from_args(args):
     """The FinetuneConfig of the parsed arguments (with no options: `FinetuneConfig()`'s defaults)."""
     from cull.finetune.loss import LossWeights
-    from cull.finetune.mentions import MAX_PROMPTS
     from cull.finetune.train import FinetuneConfig
 
     if args.w_ban is not None and not args.w_ban >= 0:
@@ -116,6 +115,7 @@ def config_from_args(args):
     if args.w_ban and args.retain_target != "processor":
         raise CullError("--w-ban acts on the processor's bans at the retain positions; it needs --retain-target "
                         "processor (the default)")
+    ban = LossWeights().ban if args.w_ban is None else args.w_ban
     for flag in ("spelling_contexts", "mention_prompts"):
         value, name = getattr(args, flag), "--" + flag.replace("_", "-")
         if value is not None and value < 0:
@@ -123,18 +123,14 @@ def config_from_args(args):
         if value and args.retain_target != "processor":
             raise CullError(f"{name} trains the processor's bans into the retain objective; it needs "
                             "--retain-target processor (the default)")
-        ban = LossWeights().ban if args.w_ban is None else args.w_ban
         if value and (args.method != "cull" or not (args.w_kl or ban)):
             raise CullError(f"{name} trains the processor's bans into the retain objective, which --method "
                             f"{args.method} with --w-kl {args.w_kl:g} and --w-ban {ban:g} does not train; use "
                             "--method cull with --w-kl or --w-ban above 0, or leave the flag out")
-    if args.mention_prompts is not None and args.mention_prompts > MAX_PROMPTS:
-        raise CullError(f"--mention-prompts is {args.mention_prompts}; there are {MAX_PROMPTS + 1} templates and one "
-                        f"per phrase is kept for validation, so use at most {MAX_PROMPTS}")
     if args.retain_target != "processor":
         w_ban, spelling, mentions = 0.0, 0, 0
     else:
-        w_ban = LossWeights().ban if args.w_ban is None else args.w_ban
+        w_ban = ban
         spelling = FinetuneConfig.spelling_contexts if args.spelling_contexts is None else args.spelling_contexts
         mentions = FinetuneConfig.mention_prompts if args.mention_prompts is None else args.mention_prompts
 

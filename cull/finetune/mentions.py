@@ -31,8 +31,6 @@ TEMPLATES = (
     'Write a dialogue between two characters who talk about "{phrase}".',
 )
 MIN_VALIDATION = 16  # validation replies, however short the list
-
-
 MAX_PROMPTS = len(TEMPLATES) - 1  # one template per phrase is kept back for validation
 
 
@@ -104,7 +102,8 @@ def add_mention_contexts(reference, tok, rules, data, cfg, vocab_size: int, *, a
         return
     key = {"rules": [r.text for r in rules], "options": repr(rules.options), "prompts": train + val,
            "validation": validation, "sampling": [cfg.seed, cfg.temperature, cfg.max_new_tokens, cfg.chat]}
-    if acc.is_main_process and _saved(path, key) is None:
+    saved = _saved(path, key) if acc.is_main_process else None
+    if acc.is_main_process and saved is None:
         proc = CullLogitsProcessor(rules, tok, vocab_size=vocab_size)
         top = top_width(data)
         replies = mention_contexts(reference, tok, rules, train, proc, cfg, top=top, seed=cfg.seed + 5,
@@ -112,11 +111,11 @@ def add_mention_contexts(reference, tok, rules, data, cfg, vocab_size: int, *, a
         held = mention_contexts(reference, tok, rules, val, proc, cfg, top=top, seed=cfg.seed + 6,
                                 n_samples=-(-MIN_VALIDATION // max(1, len(val))), progress=progress,
                                 desc="validation replies to prompts that name them") if validation else []
-        _save(path, replies, held, key)
+        saved = _save(path, replies, held, key)
     elif acc.is_main_process:
         say(f"Mention contexts: read back from {path} (sampled with the same settings)")
     acc.wait_for_everyone()
-    saved = _saved(path, key)
+    saved = saved or _saved(path, key)  # the other processes read what the main one wrote
     if saved is None:
         raise CullError(f"could not read the mention contexts in {path}; delete it and run again")
     data.mentions += saved.retain
@@ -125,12 +124,15 @@ def add_mention_contexts(reference, tok, rules, data, cfg, vocab_size: int, *, a
     random.Random(cfg.seed).shuffle(data.val_mentions)
 
 
-def _save(path, replies, held, key) -> None:
-    """The arrays first and the settings last: a file cut short by a crash never matches a key."""
+def _save(path, replies, held, key):
+    """Save and return the contexts. FinetuneData writes the arrays first and the settings last, so a
+    file cut short by a crash never matches a key."""
     from cull.finetune.records import FinetuneData
 
     path.unlink(missing_ok=True)
-    FinetuneData([], replies, {"key": key}, val_retain=held).save(path)
+    saved = FinetuneData([], replies, {"key": key}, val_retain=held)
+    saved.save(path)
+    return saved
 
 
 def _saved(path, key):

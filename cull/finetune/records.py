@@ -41,7 +41,7 @@ class FinetuneData:
     # multi-token spellings placed in retain samples (cull.finetune.spellings); rebuilt, not saved
     spelling: list = field(default_factory=list)
     val_spelling: list = field(default_factory=list)
-    # replies to prompts that name a phrase (cull.finetune.mentions); rebuilt, not saved
+    # replies to prompts that name a phrase (cull.finetune.mentions); saved apart, in OUT/mentions.json
     mentions: list = field(default_factory=list)
     val_mentions: list = field(default_factory=list)
 

@@ -183,7 +183,7 @@ def validate(model, tok, examples, retain, pad, device, *, rules=None, prompts=N
                 per = torch.nn.functional.cross_entropy(lg.float(), tg, reduction="none")
                 ban = banned_mask(chunk, lg.shape[0], lg.shape[1], device)
                 if ban is not None:
-                    mass += torch.softmax(lg.float(), -1).masked_fill(~ban, 0.0).sum(-1).tolist()
+                    mass += banned_prob(lg, ban).tolist()
                     per = per[_base_banned_mass(chunk, ban, device) < EVENT_MASS]
                 nll += float(per.sum())
                 n += len(per)
@@ -206,6 +206,13 @@ def validate(model, tok, examples, retain, pad, device, *, rules=None, prompts=N
     return out
 
 
+def banned_prob(logits, ban):
+    """The model's probability of the banned tokens (`ban`, a mask shaped like `logits`) per position."""
+    import torch
+
+    return torch.softmax(logits.float(), -1).masked_fill(~ban, 0.0).sum(-1)
+
+
 def spelling_mass(model, spelling, pad, device, batch_size: int = 8) -> float:
     """Mean probability of the processor's banned tokens at the last position of each spelling
     context: how much of the spelling's completion the model still writes."""
@@ -219,22 +226,20 @@ def spelling_mass(model, spelling, pad, device, batch_size: int = 8) -> float:
         ban = torch.zeros_like(lg, dtype=torch.bool)
         for k, r in enumerate(chunk):
             ban[k, list(r.banned[-1])] = True
-        mass += torch.softmax(lg.float(), -1).masked_fill(~ban, 0.0).sum(-1).tolist()
+        mass += banned_prob(lg, ban).tolist()
     return sum(mass) / len(mass) if mass else float("nan")
 
 
 def mention_mass(model, mentions, pad, device, batch_size: int = 8) -> float:
     """Mean probability of the processor's banned tokens over the positions of the mention contexts
     where the base gave them at least `EVENT_MASS` (the ban events of those replies)."""
-    import torch
-
     mass = []
     for i in range(0, len(mentions), batch_size):
         chunk = mentions[i:i + batch_size]
         lg, _ = retain_logits(model, [r.ids for r in chunk], [r.positions for r in chunk], pad, device)
         ban = banned_mask(chunk, lg.shape[0], lg.shape[1], device)
         events = _base_banned_mass(chunk, ban, device) >= EVENT_MASS
-        mass += torch.softmax(lg.float(), -1).masked_fill(~ban, 0.0).sum(-1)[events].tolist()
+        mass += banned_prob(lg, ban)[events].tolist()
     return sum(mass) / len(mass) if mass else float("nan")
 
 

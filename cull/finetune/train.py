@@ -89,8 +89,9 @@ class FinetuneConfig:
             if getattr(self, name) < 0:
                 raise CullError(f"{name} must be >= 0, got {getattr(self, name)}")
         if self.mention_prompts > MAX_PROMPTS:
-            raise CullError(f"mention_prompts is {self.mention_prompts}; there are {MAX_PROMPTS + 1} templates and one "
-                            f"per phrase is kept for validation, so use at most {MAX_PROMPTS}")
+            raise CullError(f"--mention-prompts is {self.mention_prompts}; there are {MAX_PROMPTS + 1} templates and "
+                            f"one per phrase is kept for validation, so use at most {MAX_PROMPTS} "
+                            "(FinetuneConfig.mention_prompts)")
         for name in ("batch_size", "retain_batch_size", "gen_batch_size", "spelling_batch_size", "mention_batch_size"):
             if getattr(self, name) > MAX_BATCH:
                 raise CullError(f"{name} is {getattr(self, name)}, above the bound of {MAX_BATCH}; use a smaller "
